@@ -1,0 +1,136 @@
+"""The base model (SD-Turbo or a compatible diffusers folder): finding it, loading it, recognising it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_BASE = "stabilityai/sd-turbo"
+CONFIG_DIR = Path(__file__).parent / "configs"
+# What the engine needs of a base; the text encoder only for computing a prompt embedding (import, training).
+FETCH_PATTERNS = ["model_index.json", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
+                  "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                  "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+
+
+class BaseModelError(RuntimeError):
+    pass
+
+
+def resolve_base(base: str | os.PathLike | None) -> Path:
+    """A local diffusers folder, or a hub id found in the Hugging Face cache. Never downloads: see `fetch_base`."""
+    base = str(base or DEFAULT_BASE)
+    path = Path(base).expanduser()
+    if path.exists():
+        _check_layout(path)
+        return path
+    if base.startswith((".", "/", "~")) or "\\" in base or base.count("/") != 1:
+        raise BaseModelError(f"base model folder {base} does not exist (expected a diffusers folder with "
+                             f"unet/ and vae/, or a hub id like {DEFAULT_BASE})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(base, allow_patterns=FETCH_PATTERNS, local_files_only=True))
+    except Exception as e:  # the hub raises several types for "not cached"; all mean the same to a user
+        raise BaseModelError(
+            f"base model {base!r} is not in the Hugging Face cache ({_cache_dir()}): {type(e).__name__}. "
+            f"While online, run `python -m engine fetch {base}`, or pass --base /path/to/a/diffusers/folder") from None
+    _check_layout(folder)
+    return folder
+
+
+def fetch_base(base: str = DEFAULT_BASE) -> Path:
+    """Download what the engine needs of a hub base into the HF cache (with progress bars)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(base, allow_patterns=FETCH_PATTERNS))
+    except Exception as e:
+        raise BaseModelError(f"could not download {base!r} from the Hugging Face hub: {e}. Check the network "
+                             f"(and HF_TOKEN for gated models), or copy a diffusers folder here and pass "
+                             f"--base PATH") from None
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _check_layout(folder: Path) -> None:
+    missing = [s for s in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+               if not (folder / s).is_file()]
+    if missing:
+        raise BaseModelError(f"base model folder {folder} is incomplete: missing {', '.join(missing)}")
+
+
+def read_config(folder: Path, name: str) -> dict:
+    with open(folder / name, encoding="utf-8") as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+
+
+@dataclass
+class BaseModel:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict
+    name: str
+    folder: Path | None
+    fingerprint: str | None
+
+
+def load_base(base: str | os.PathLike | None) -> BaseModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = resolve_base(base)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise BaseModelError(f"could not load the base model from {folder}: {e}") from None
+    return BaseModel(unet, vae, read_config(folder, "scheduler/scheduler_config.json"),
+                     str(base or DEFAULT_BASE), folder, fingerprint(unet, vae))
+
+
+def build_base_from_configs(arch: str = "sd-turbo", device: str = "meta") -> BaseModel:
+    """The full-size architecture without weights (meta device): for counting, never for restoring."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = CONFIG_DIR / arch
+    if not folder.is_dir():
+        known = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+        raise BaseModelError(f"unknown --arch {arch!r}; known: {', '.join(known)}")
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(read_config(folder, "unet_config.json"))
+        vae = AutoencoderKL.from_config(read_config(folder, "vae_config.json"))
+    return BaseModel(unet, vae, read_config(folder, "scheduler_config.json"), arch, None, None)
+
+
+def fingerprint(unet: torch.nn.Module, vae: torch.nn.Module) -> str:
+    """A short hash of a few base weights (as fp16, so fp16 and fp32 copies of one base agree).
+
+    Call it on the untouched base, before LoRA is added or merged."""
+    h = hashlib.sha256()
+    for t in (unet.conv_in.weight, unet.conv_out.weight, vae.encoder.conv_in.weight, vae.decoder.conv_out.weight):
+        h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encode_prompt(folder: Path, prompt: str) -> torch.Tensor:
+    """The fixed text conditioning, computed once with the base's own tokenizer and text encoder: (1, 77, D)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise BaseModelError(f"base model {folder} has no usable tokenizer/text_encoder to embed the prompt: {e}") \
+            from None
+    ids = tokenizer(prompt, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return encoder(ids)[0].float()

@@ -1,0 +1,150 @@
+"""`python -m engine ...`: restore, info, fetch, import-pix2pix-turbo.
+
+Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .base import DEFAULT_BASE, BaseModelError
+from .checkpoint import CheckpointError
+from .jobs import UsageError
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="restorer checkpoint (.safetensors)")
+    p.add_argument("--base", default=None,
+                   help=f"base model: diffusers folder or hub id (default: the one named in the weights, "
+                        f"normally {DEFAULT_BASE})")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                   help="auto: fp16 on GPUs, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m engine", description="Splat Restore engine")
+    ap.add_argument("--version", action="version", version=f"splat-restore {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("restore", help="restore image files or folders into OUTDIR (same names)")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    _add_runtime_args(p)
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
+    p.add_argument("--recursive", action="store_true", help="descend into subfolders of input folders")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
+    g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+
+    p = sub.add_parser("info", help="describe a checkpoint or the full-size architecture")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arch", help="count parameters of a shipped architecture without weights (sd-turbo)")
+    src.add_argument("--weights", help="show a checkpoint's metadata")
+    p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default="encoder+decoder",
+                   help="VAE LoRA on encoder and decoder (the recipe) or the decoder only")
+    p.add_argument("--rank-unet", type=int, default=16)
+    p.add_argument("--rank-vae", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
+    p.add_argument("base", nargs="?", default=DEFAULT_BASE)
+
+    p = sub.add_parser("import-pix2pix-turbo", help="convert an img2img-turbo .pkl into a Splat Restore checkpoint")
+    p.add_argument("pkl")
+    p.add_argument("--base", default=DEFAULT_BASE)
+    p.add_argument("--prompt", required=True, help="the prompt the model was trained with")
+    p.add_argument("-o", "--output", required=True)
+    return ap
+
+
+def cmd_restore(a) -> int:
+    from tqdm import tqdm
+
+    from .jobs import collect_items, restore_items
+    from .runtime import Restorer
+
+    items = collect_items(a.inputs, a.output, a.recursive)
+    if not items:
+        raise UsageError(f"no images found in {', '.join(a.inputs)}"
+                         + ("" if a.recursive else " (subfolders need --recursive)"))
+    outdir = Path(a.output)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: output folder {outdir} cannot be created: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if a.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    started = time.perf_counter()
+    restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
+                                        batch_size=a.batch_size, tile=a.tile)
+    loaded = time.perf_counter()
+    counts = {"restored": 0, "skipped": 0, "failed": 0}
+    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar:
+        def on_outcome(o):
+            counts[o.status] += 1
+            if o.status == "failed":
+                bar.write(f"failed: {o.reason}", file=sys.stderr)
+            bar.update(1)
+        restore_items(restorer, items, a.skip_existing, a.overwrite, on_outcome=on_outcome)
+    took = time.perf_counter() - loaded
+    per = took / counts["restored"] if counts["restored"] else 0.0
+    print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']} -> {outdir} "
+          f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_info(a) -> int:
+    if a.arch:
+        from .loading import count_parameters
+        from .model import LoraSpec
+
+        out = count_parameters(a.arch, LoraSpec(rank_unet=a.rank_unet, rank_vae=a.rank_vae,
+                                                vae_scope=a.vae_lora_scope))
+    else:
+        from dataclasses import asdict
+
+        from .checkpoint import read_info
+
+        out = asdict(read_info(a.weights))
+    print(json.dumps(out, indent=None if a.json else 2))
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from .base import fetch_base
+
+    print(f"{a.base} -> {fetch_base(a.base)}")
+    return 0
+
+
+def cmd_import(a) -> int:
+    from .pix2pix_import import import_pix2pix_turbo
+
+    print(json.dumps(import_pix2pix_turbo(a.pkl, a.output, a.base, a.prompt)))
+    return 0
+
+
+COMMANDS = {"restore": cmd_restore, "info": cmd_info, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[a.command](a)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (BaseModelError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are complete, unfinished ones were not written", file=sys.stderr)
+        return 130

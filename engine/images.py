@@ -1,0 +1,154 @@
+"""Reading and writing frames: formats, bit depth, alpha; errors that name the file and the problem.
+
+The model works on display-referred sRGB in [0, 1]. Float images (EXR, 32-bit TIFF) hold scene-linear light whose
+display transform (Blender's AgX/Filmic view, exposure) is not in the file and cannot be inverted after restoring,
+so they are refused with advice instead of being silently tone-mapped.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_bytes_atomic
+
+SUPPORTED_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+                      ".webp": "WEBP"}
+FLOAT_SUFFIXES = {".exr", ".hdr"}
+MAX_PIXELS = 16384 * 16384
+JPEG_QUALITY = 95
+
+
+class ImageError(RuntimeError):
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+@dataclass
+class Frame:
+    """Colour as float32 (H, W, 3) in [0, 1]; alpha and everything needed to write it back as it came."""
+    rgb: np.ndarray
+    alpha: np.ndarray | None  # in the file's own dtype, written back untouched
+    bit_depth: int  # 8 or 16
+    format: str
+    grayscale: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or path.suffix.lower() in FLOAT_SUFFIXES
+
+
+def _check_header(path: Path) -> str:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
+    try:
+        with Image.open(path) as im:
+            fmt, (w, h) = im.format, im.size
+            mode = im.mode
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (or a format this engine does not read: PNG, JPEG, TIFF, WebP)") \
+            from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read the image header: {e}") from None
+    if w * h > MAX_PIXELS:
+        raise ImageError(path, f"{w}x{h} is too large ({w * h / 1e6:.0f} megapixels; the limit is "
+                               f"{MAX_PIXELS / 1e6:.0f})")
+    if mode in ("F", "I") or mode.startswith("I;32"):
+        raise ImageError(path, f"{fmt} with {mode} (float/32-bit) pixels is not supported: the restorer works "
+                               f"on display-referred sRGB; save 8- or 16-bit PNG with the view transform applied")
+    return fmt
+
+
+def read_image(path: str | os.PathLike) -> Frame:
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() in FLOAT_SUFFIXES:
+        raise ImageError(path, "EXR/HDR (scene-linear float) is not supported: the restorer works on "
+                               "display-referred sRGB; render to 8- or 16-bit PNG (Blender applies the view "
+                               "transform to those)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(path, "file does not exist") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(path, "file is empty (0 bytes)")
+    fmt = _check_header(path)
+    # imdecode (not imread) so non-ASCII paths work on Windows too
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageError(path, f"{fmt} data is corrupt or truncated")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ImageError(path, f"{pixels.dtype} pixels are not supported: save 8- or 16-bit")
+    if fmt == "PNG" and not _png_complete(data):
+        raise ImageError(path, "PNG is truncated (no IEND chunk)")
+    scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    gray = pixels.ndim == 2 or pixels.shape[2] in (1, 2)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    alpha = pixels[..., -1].copy() if pixels.shape[2] in (2, 4) else None
+    colour = pixels[..., :1] if gray else pixels[..., 2::-1]  # OpenCV decodes BGR(A)
+    rgb = np.repeat(colour, 3, axis=2) if gray else colour
+    return Frame(np.ascontiguousarray(rgb, dtype=np.float32) / scale, alpha, 8 if scale == 255.0 else 16, fmt, gray)
+
+
+def _png_complete(data: bytes) -> bool:
+    return data.rstrip(b"\0")[-12:-8] == b"\0\0\0\0" and data.rstrip(b"\0")[-8:-4] == b"IEND"
+
+
+def encode_image(frame: Frame, rgb: np.ndarray, suffix: str) -> bytes:
+    """Restored rgb in [0, 1] with `frame`'s alpha, bit depth and channel layout, encoded for `suffix`."""
+    import cv2
+
+    fmt = SUPPORTED_SUFFIXES.get(suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write {suffix!r}; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+    depth = frame.bit_depth if fmt in ("PNG", "TIFF") else 8
+    dtype, scale = (np.uint16, 65535.0) if depth == 16 else (np.uint8, 255.0)
+    if frame.grayscale:
+        lum = rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+        channels = [lum[..., None]]
+    else:
+        channels = [rgb[..., ::-1]]
+    out = np.concatenate(channels, axis=2)
+    out = np.clip(np.rint(out * scale), 0, scale).astype(dtype)
+    if frame.alpha is not None:
+        a = frame.alpha if frame.alpha.dtype == dtype else _convert_depth(frame.alpha, dtype)
+        out = np.concatenate([out, a[..., None]], axis=2)
+    if out.shape[2] == 1:
+        out = out[..., 0]
+    params = {"JPEG": [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY],
+              "WEBP": [cv2.IMWRITE_WEBP_QUALITY, 101]}.get(fmt, [])  # 101 = lossless WebP
+    ok, buf = cv2.imencode(suffix.lower(), out, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {fmt} of shape {out.shape}")
+    return buf.tobytes()
+
+
+def _convert_depth(a: np.ndarray, dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return (a.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    return (a.astype(np.uint32) * 257).astype(np.uint16)
+
+
+def write_image(path: str | os.PathLike, frame: Frame, rgb: np.ndarray) -> None:
+    """Atomic: the file at `path` is either the complete new image or whatever was there before."""
+    path = Path(path)
+    try:
+        data = encode_image(frame, rgb, path.suffix)
+    except ValueError as e:
+        raise ImageError(path, str(e)) from None
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as e:
+        raise ImageError(path, f"cannot write: {e.strerror or e}") from None

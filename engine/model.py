@@ -1,0 +1,188 @@
+"""The single-step restorer (pix2pix-turbo on SD-Turbo), readable top to bottom.
+
+    image --VAE encoder--> latent mean * scaling      (keeping the input of each encoder down block: the taps)
+          --UNet at t=999--> epsilon --> x0 = (z - sqrt(1 - a) * eps) / sqrt(a)
+          --VAE decoder, adding skip_conv_i(tap * gamma) before up block i--> clamp(-1, 1)
+
+The traversal of encoder and decoder is written here, using diffusers' blocks, instead of replacing their forwards.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# img2img-turbo's target lists. peft matches a module whose name equals an entry or ends with "." + entry, so
+# "conv" also wraps every UNet/VAE up- and down-sampler conv; the published parameter counts include them.
+UNET_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
+                     "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj")
+VAE_LORA_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out",
+                    "skip_conv_1", "skip_conv_2", "skip_conv_3", "skip_conv_4",
+                    "to_k", "to_q", "to_v", "to_out.0")
+UNET_ADAPTER = "default"
+VAE_ADAPTER = "vae_skip"
+VAE_SCOPES = ("encoder+decoder", "decoder")
+SKIP_CONV_INIT = 1e-5
+
+
+@dataclass
+class LoraSpec:
+    """Where LoRA goes and how big it is. Defaults are the product recipe (18,506,960 trainable at full size)."""
+    rank_unet: int = 16
+    rank_vae: int = 8
+    # img2img-turbo never sets lora_alpha, so peft's default (8) applies; it is not stored in their checkpoints.
+    alpha_unet: float = 8.0
+    alpha_vae: float = 8.0
+    unet_targets: tuple = UNET_LORA_TARGETS
+    vae_targets: tuple = VAE_LORA_TARGETS
+    vae_scope: str = "encoder+decoder"
+
+    def __post_init__(self):
+        if self.vae_scope not in VAE_SCOPES:
+            raise ValueError(f"vae_scope must be one of {VAE_SCOPES}, not {self.vae_scope!r}")
+        self.unet_targets, self.vae_targets = tuple(self.unet_targets), tuple(self.vae_targets)
+
+
+def skip_conv_channels(vae_config) -> list[tuple[int, int]]:
+    """(in, out) channels of skip_conv_1..4, derived from the VAE config.
+
+    Encoder tap i is the input of down block i: conv_in's output, then each block's output but the last.
+    Decoder up block i receives the mid block's output (the deepest width), then each up block's output.
+    Skip i joins the reversed taps to the up-block inputs.
+    """
+    ch = list(vae_config["block_out_channels"])
+    taps = [ch[0]] + ch[:-1]
+    rev = ch[::-1]
+    up_inputs = [rev[0]] + rev[:-1]
+    return list(zip(taps[::-1], up_inputs))
+
+
+def alpha_bar(scheduler_config, timestep: int) -> float:
+    """Cumulative alpha of the base's noise schedule at `timestep` (float64, as the schedulers compute it)."""
+    n = scheduler_config["num_train_timesteps"]
+    start, end = scheduler_config["beta_start"], scheduler_config["beta_end"]
+    kind = scheduler_config.get("beta_schedule", "linear")
+    if kind == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+    elif kind == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {kind!r} in the base's scheduler config")
+    return torch.cumprod(1.0 - betas, 0)[timestep].item()
+
+
+def add_skip_convs(vae: nn.Module) -> None:
+    """Attach the four 1x1 encoder->decoder convs to vae.decoder (where img2img-turbo keeps them, so keys match)."""
+    for i, (cin, cout) in enumerate(skip_conv_channels(vae.config), start=1):
+        conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False, device=vae.decoder.conv_in.weight.device)
+        if conv.weight.device.type != "meta":
+            nn.init.constant_(conv.weight, SKIP_CONV_INIT)
+        setattr(vae.decoder, f"skip_conv_{i}", conv)
+
+
+def add_lora(unet: nn.Module, vae: nn.Module, spec: LoraSpec) -> None:
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=spec.rank_unet, lora_alpha=spec.alpha_unet, init_lora_weights="gaussian",
+                                target_modules=list(spec.unet_targets)), adapter_name=UNET_ADAPTER)
+    vae_targets = list(spec.vae_targets)
+    if spec.vae_scope == "decoder":
+        alt = "|".join(re.escape(t) for t in vae_targets)
+        vae_targets = rf"decoder\.(?:.*\.)?(?:{alt})"
+    vae.add_adapter(LoraConfig(r=spec.rank_vae, lora_alpha=spec.alpha_vae, init_lora_weights="gaussian",
+                               target_modules=vae_targets), adapter_name=VAE_ADAPTER)
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA adapter into its base weight and drop the wrappers, so inference pays nothing for them."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in wrapped:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.get_base_layer())
+    # diffusers remembers that adapters were added; after merging there are none left to manage.
+    if hasattr(model, "_hf_peft_config_loaded"):
+        model._hf_peft_config_loaded = False
+        model.peft_config = {}
+    return len(wrapped)
+
+
+@dataclass
+class RestorerConfig:
+    timestep: int = 999
+    alpha_bar: float = 0.004660098513077238  # sd-turbo's scaled_linear schedule at t=999
+    # img2img-turbo feeds the condition image to the VAE encoder in [0, 1]; our own training uses the VAE's [-1, 1].
+    input_range: str = "-1,1"
+    skip_gamma: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+class SplatRestorer(nn.Module):
+    """Image in [-1, 1] (N, 3, H, W), H and W multiples of 8 -> restored image in [-1, 1]."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor, config: RestorerConfig):
+        super().__init__()
+        if config.input_range not in ("-1,1", "0,1"):
+            raise ValueError(f"input_range must be '-1,1' or '0,1', not {config.input_range!r}")
+        self.unet, self.vae, self.config = unet, vae, config
+        self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
+        self.skip_dropout = 0.0  # set by the trainer; active only in train mode
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.vae.config.scaling_factor
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.config.input_range == "0,1":
+            x = (x + 1) * 0.5
+        enc = self.vae.encoder
+        h = enc.conv_in(x)
+        taps = []
+        for block in enc.down_blocks:
+            taps.append(h)
+            h = block(h)
+        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
+        moments = self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
+        mean = moments.chunk(2, dim=1)[0]  # the posterior mean: deterministic, no sampling
+        return mean * self.scaling_factor, taps
+
+    def denoise(self, z: torch.Tensor) -> torch.Tensor:
+        t = torch.full((z.shape[0],), self.config.timestep, device=z.device, dtype=torch.long)
+        cond = self.prompt_embeds.to(device=z.device, dtype=z.dtype).expand(z.shape[0], -1, -1)
+        eps = self.unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+        a = self.config.alpha_bar
+        return (z - (1.0 - a) ** 0.5 * eps) / a ** 0.5
+
+    def decode(self, z0: torch.Tensor, taps: list[torch.Tensor]) -> torch.Tensor:
+        dec = self.vae.decoder
+        z0 = z0 / self.scaling_factor
+        if self.vae.post_quant_conv is not None:
+            z0 = self.vae.post_quant_conv(z0)
+        h = dec.mid_block(dec.conv_in(z0))
+        for i, (block, tap) in enumerate(zip(dec.up_blocks, reversed(taps)), start=1):
+            tap = F.dropout(tap, p=self.skip_dropout, training=self.training) if self.skip_dropout else tap
+            h = block(h + getattr(dec, f"skip_conv_{i}")(tap * self.config.skip_gamma))
+        return dec.conv_out(dec.conv_act(dec.conv_norm_out(h))).clamp(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, taps = self.encode(x)
+        return self.decode(self.denoise(z), taps)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """img2img-turbo's rule: every LoRA matrix, the UNet's conv_in and the four skip convs."""
+        params = [p for n, p in self.named_parameters() if "lora_" in n]
+        params += list(self.unet.conv_in.parameters())
+        for i in range(1, 5):
+            params += [p for n, p in getattr(self.vae.decoder, f"skip_conv_{i}").named_parameters() if "lora_" not in n]
+        return params
+
+    def set_trainable(self) -> None:
+        self.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,123 @@
+"""Running the restorer on frames: device and dtype, batching, padding and tiling. Pure arrays in and out."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointInfo
+from .loading import load_restorer
+from .model import SplatRestorer
+from .tiling import blend_tiles, pad_to_multiple, plan_tiles
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch build sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but Metal is not available here")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class Restorer:
+    """A loaded restorer. `restore` takes float32 (H, W, 3) arrays in [0, 1] of any size and returns the same."""
+
+    def __init__(self, model: SplatRestorer, info: CheckpointInfo | None = None, device: str = "auto",
+                 dtype: str = "auto", batch_size: int = 1, tile: int | None = None, overlap: int | None = None):
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.info = info
+        self.batch_size = max(1, int(batch_size))
+        # the size the model was trained at (512 for SD-Turbo): larger frames are tiled at that size
+        self.tile = int(tile or model.unet.config.sample_size * 8)
+        self.overlap = int(overlap if overlap is not None else self.tile // 8) // 8 * 8
+        if self.tile % 8 or self.tile < 64 or self.overlap >= self.tile:
+            raise ValueError(f"tile must be a multiple of 8 of at least 64 with overlap < tile; got tile "
+                             f"{self.tile}, overlap {self.overlap}")
+
+    @classmethod
+    def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, **kwargs) -> "Restorer":
+        model, info = load_restorer(weights, base)
+        return cls(model, info, **kwargs)
+
+    def describe(self) -> dict:
+        info = self.info
+        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
+                "base": info.base if info else None, "prompt": info.prompt if info else None,
+                "source": info.source if info else None}
+
+    @torch.inference_mode()
+    def run_model(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float [0, 1], H and W multiples of 8 -> same shape, restored."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
+        y = self.model(x.to(self.dtype) * 2 - 1)
+        return ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+    def restore(self, images: Iterable[np.ndarray],
+                progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        images = list(images)
+        jobs = []  # (image index, tile or None, padded array)
+        plans = {}
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            if h <= self.tile and w <= self.tile:
+                jobs.append((i, None, pad_to_multiple(img, 8)))
+                continue
+            padded = pad_to_multiple(img, 8)
+            tiles = plan_tiles(padded.shape[0], padded.shape[1], self.tile, self.overlap)
+            plans[i] = (tiles, padded.shape[:2])
+            jobs += [(i, t, padded[t.y:t.y + t.h, t.x:t.x + t.w]) for t in tiles]
+        by_shape = defaultdict(list)
+        for j, job in enumerate(jobs):
+            by_shape[job[2].shape].append(j)
+        outputs = [None] * len(jobs)
+        for indices in by_shape.values():
+            for k in range(0, len(indices), self.batch_size):
+                chunk = indices[k:k + self.batch_size]
+                for j, out in zip(chunk, self.run_model(np.stack([jobs[j][2] for j in chunk]))):
+                    outputs[j] = out
+                if progress:
+                    progress(len(chunk))
+        results = []
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            mine = [(job[1], outputs[j]) for j, job in enumerate(jobs) if job[0] == i]
+            if i in plans:
+                tiles, (ph, pw) = plans[i]
+                full = blend_tiles([t for t, _ in mine], [o for _, o in mine], ph, pw, self.overlap)
+            else:
+                full = mine[0][1]
+            results.append(np.ascontiguousarray(full[:h, :w]))
+        return results
+
+    def count_jobs(self, shape: tuple[int, int]) -> int:
+        """How many model inputs a frame of (H, W) becomes (for progress totals)."""
+        h, w = shape
+        if h <= self.tile and w <= self.tile:
+            return 1
+        return len(plan_tiles(-(-h // 8) * 8, -(-w // 8) * 8, self.tile, self.overlap))
