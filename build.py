@@ -1,0 +1,83 @@
+"""Set up, test and package Splat Restore. Plain Python, no dependencies; works the same on Windows, macOS, Linux.
+
+    python build.py setup     # .venv (engine + tests) and .venv-blender (bpy, for the add-on tests)
+    python build.py test      # setup, then the whole test suite
+    python build.py addon     # dist/splat_restore-<version>.zip, installable in Blender 4.2+
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ENGINE_VENV = ROOT / ".venv"
+BLENDER_VENV = ROOT / ".venv-blender"
+# torch 2.13.0 is pinned so that pip on this project's CI takes the CPU wheel it has on disk; on a user's machine the
+# same pin gives PyPI's CUDA (Linux, Windows) or MPS (macOS) build.
+TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
+BPY = "bpy==5.0.1"  # Blender-as-a-module for tests; its wheel exists for CPython 3.11 only
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(*cmd, **kw) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def _stamp_ok(venv: Path, key: str) -> bool:
+    stamp = venv / ".splat-restore-stamp"
+    return stamp.is_file() and stamp.read_text() == key
+
+
+def _make_venv(venv: Path, packages: list[str], key_extra: str = "") -> None:
+    key = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + "|".join(packages).encode()
+                          + key_extra.encode())).hexdigest()
+    if _stamp_ok(venv, key):
+        return
+    if not venv_python(venv).exists():
+        run(sys.executable, "-m", "venv", venv)
+    py = venv_python(venv)
+    run(py, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(py, "-m", "pip", "install", "--quiet", *packages)
+    (venv / ".splat-restore-stamp").write_text(key)
+
+
+def setup(blender: bool = True) -> None:
+    _make_venv(ENGINE_VENV, [TORCH])  # first alone, so the project's torch>= range is already satisfied
+    _make_venv(ENGINE_VENV, [TORCH, "-e", f"{ROOT}[test]"], key_extra="project")
+    if blender:
+        if sys.version_info[:2] != (3, 11):
+            sys.exit(f"{BPY} needs Python 3.11 for .venv-blender; run build.py with a 3.11 interpreter")
+        _make_venv(BLENDER_VENV, [BPY, "numpy", "pytest"])
+
+
+def test(pytest_args: list[str]) -> int:
+    setup()
+    env = dict(os.environ, SPLAT_RESTORE_ENGINE_PYTHON=str(venv_python(ENGINE_VENV)),
+               SPLAT_RESTORE_BLENDER_PYTHON=str(venv_python(BLENDER_VENV)))
+    return subprocess.run([str(venv_python(ENGINE_VENV)), "-m", "pytest", "tests", *pytest_args],
+                          cwd=ROOT, env=env).returncode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("setup")
+    p.add_argument("--no-blender", action="store_true", help="skip .venv-blender (bpy is only for tests)")
+    sub.add_parser("test").add_argument("pytest_args", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    if a.cmd == "setup":
+        setup(blender=not a.no_blender)
+        return 0
+    return test(a.pytest_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Image files: formats and bit depth kept, alpha untouched, bad files named with their problem."""
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.images import ImageError, read_image, write_image
+
+
+def _gradient(h=20, w=30):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x / (w - 1), y / (h - 1), (x + y) / (h + w - 2)], axis=2).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix, depth, tol", [(".png", 8, 0), (".png", 16, 0), (".tif", 16, 0), (".tif", 8, 0),
+                                                (".webp", 8, 0), (".jpg", 8, 12)])
+def test_round_trip_keeps_format_and_bit_depth(tmp_path, suffix, depth, tol):
+    dtype, scale = (np.uint16, 65535) if depth == 16 else (np.uint8, 255)
+    pixels = np.rint(_gradient() * scale).astype(dtype)
+    src = tmp_path / f"in{suffix}"
+    cv2.imwrite(str(src), pixels[..., ::-1])
+    frame = read_image(src)
+    assert frame.bit_depth == depth and frame.alpha is None
+    out = tmp_path / f"out{suffix}"
+    write_image(out, frame, frame.rgb)
+    back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == dtype and back.shape == pixels.shape
+    assert np.abs(back[..., ::-1].astype(int) - pixels.astype(int)).max() <= tol * (257 if depth == 16 else 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_alpha_is_written_back_untouched(tmp_path, dtype):
+    scale = np.iinfo(dtype).max
+    rgba = np.rint(np.concatenate([_gradient(), _gradient()[..., :1][:, ::-1]], axis=2) * scale).astype(dtype)
+    src = tmp_path / "a.png"
+    cv2.imwrite(str(src), rgba[..., [2, 1, 0, 3]])
+    frame = read_image(src)
+    assert np.array_equal(frame.alpha, rgba[..., 3])
+    write_image(tmp_path / "b.png", frame, np.zeros_like(frame.rgb))
+    back = cv2.imread(str(tmp_path / "b.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back[..., 3], rgba[..., 3]) and back[..., :3].max() == 0
+
+
+def test_grayscale_stays_grayscale(tmp_path):
+    gray = (np.arange(200, dtype=np.uint8).reshape(10, 20))
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    frame = read_image(tmp_path / "g.png")
+    assert frame.grayscale and frame.rgb.shape == (10, 20, 3)
+    write_image(tmp_path / "o.png", frame, frame.rgb)
+    assert np.array_equal(cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED), gray)
+
+
+def _png_claiming(w, h):
+    """A small PNG file whose header claims w x h pixels (a decompression bomb's first bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_bad_files_are_named_with_their_problem(tmp_path):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.zeros((64, 64, 3), np.uint8) + 100)
+    cases = {
+        "empty.png": (b"", "empty"),
+        "text.png": (b"hello, not an image", "not an image"),
+        "truncated.png": (good.read_bytes()[:60], "truncated|corrupt"),
+        "huge.png": (_png_claiming(100_000, 100_000), "too large"),
+    }
+    for name, (data, problem) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match=problem) as e:
+            read_image(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(ImageError, match="does not exist"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_float_images_are_refused_with_advice(tmp_path):
+    (tmp_path / "f.exr").write_bytes(b"v/1\x01")
+    with pytest.raises(ImageError, match="display-referred"):
+        read_image(tmp_path / "f.exr")
+    tif = tmp_path / "f.tif"
+    cv2.imwrite(str(tif), np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ImageError, match="f.tif"):
+        read_image(tif)
+
+
+def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch):
+    src = tmp_path / "x.png"
+    cv2.imwrite(str(src), np.zeros((8, 8, 3), np.uint8))
+    frame = read_image(src)
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("os.fsync", broken_fsync)
+    with pytest.raises(ImageError, match="No space left"):
+        write_image(target, frame, frame.rgb)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "x.png"]
