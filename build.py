@@ -71,12 +71,14 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("setup")
     p.add_argument("--no-blender", action="store_true", help="skip .venv-blender (bpy is only for tests)")
-    sub.add_parser("test").add_argument("pytest_args", nargs=argparse.REMAINDER)
-    a = ap.parse_args()
+    sub.add_parser("test", help="extra arguments go to pytest")
+    a, extra = ap.parse_known_args()
     if a.cmd == "setup":
+        if extra:
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
         setup(blender=not a.no_blender)
         return 0
-    return test(a.pytest_args)
+    return test(extra)
 
 
 if __name__ == "__main__":
