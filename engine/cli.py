@@ -1,4 +1,4 @@
-"""`python -m engine ...`: restore, info, fetch, import-pix2pix-turbo.
+"""`python -m engine ...`: restore, serve, info, fetch, import-pix2pix-turbo.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
 """
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
     g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+
+    p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout")
+    _add_runtime_args(p)
+    p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
 
     p = sub.add_parser("info", help="describe a checkpoint or the full-size architecture")
     src = p.add_mutually_exclusive_group(required=True)
@@ -132,7 +136,13 @@ def cmd_import(a) -> int:
     return 0
 
 
-COMMANDS = {"restore": cmd_restore, "info": cmd_info, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
+def cmd_serve(a) -> int:
+    from .service import serve
+
+    return serve(a)
+
+
+COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from blender_addon.engine_link.protocol import Code
+
 from .images import ImageError, is_image_path, read_image, write_image
+
+BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGINE_ERROR
 
 
 @dataclass
@@ -25,6 +29,15 @@ class Outcome:
     item: Item
     status: str  # "restored", "skipped" or "failed"
     reason: str = ""
+    code: str = ""  # for failures: the protocol's bad_input / bad_output / engine_error
+
+    def to_dict(self) -> dict:
+        d = {"input": str(self.item.input), "output": str(self.item.output), "status": self.status}
+        if self.reason:
+            d["reason"] = self.reason
+        if self.code:
+            d["code"] = self.code
+        return d
 
 
 class UsageError(ValueError):
@@ -67,20 +80,46 @@ def check_item(item: Item, skip_existing: bool, overwrite: bool, allow_in_place:
     """The outcome decided without touching pixels (skip or refuse), else None."""
     if same_file(item.input, item.output) and not allow_in_place:
         return Outcome(item, "failed", f"{item.output}: output is the input file itself; inputs are never "
-                                       f"overwritten (choose another output folder)")
+                                       f"overwritten unless in-place is asked for explicitly", BAD_OUTPUT)
     if item.output.exists() and not same_file(item.input, item.output):
         if skip_existing:
             return Outcome(item, "skipped", f"{item.output} exists")
         if not overwrite:
             return Outcome(item, "failed", f"{item.output}: already exists (pass --overwrite to replace it or "
-                                           f"--skip-existing to keep it)")
+                                           f"--skip-existing to keep it)", BAD_OUTPUT)
     return None
 
 
+def restore_group(restorer, items: list[Item], report: Callable[[Outcome], None]) -> None:
+    """Read, restore together and write one group of frames (at most a batch); each item reported once."""
+    frames = []
+    for item in items:
+        try:
+            frames.append((item, read_image(item.input)))
+        except ImageError as e:
+            report(Outcome(item, "failed", str(e), BAD_INPUT))
+    if not frames:
+        return
+    try:
+        restored = restorer.restore([f.rgb for _, f in frames])
+    except RuntimeError as e:  # out of memory and friends: these frames fail, the rest carry on
+        for item, _ in frames:
+            report(Outcome(item, "failed", f"{item.input}: restorer failed: {str(e).splitlines()[0]}", ENGINE_ERROR))
+        return
+    for (item, frame), rgb in zip(frames, restored):
+        try:
+            item.output.parent.mkdir(parents=True, exist_ok=True)
+            write_image(item.output, frame, rgb)
+            report(Outcome(item, "restored"))
+        except ImageError as e:
+            report(Outcome(item, "failed", str(e), BAD_OUTPUT))
+        except OSError as e:
+            report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT))
+
+
 def restore_items(restorer, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
-                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> list[Outcome]:
-    """Restore `items` in groups of the restorer's batch size; `should_stop` is checked between groups."""
+                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Restore `items` in groups of the restorer's batch size."""
     outcomes = []
 
     def report(o: Outcome):
@@ -95,31 +134,6 @@ def restore_items(restorer, items: list[Item], skip_existing: bool = False, over
             report(decided)
         else:
             pending.append(item)
-    step = restorer.batch_size
-    for k in range(0, len(pending), step):
-        if should_stop and should_stop():
-            break
-        frames = []
-        for item in pending[k:k + step]:
-            try:
-                frames.append((item, read_image(item.input)))
-            except ImageError as e:
-                report(Outcome(item, "failed", str(e)))
-        if not frames:
-            continue
-        try:
-            restored = restorer.restore([f.rgb for _, f in frames])
-        except RuntimeError as e:  # out of memory and friends: these frames fail, the rest carry on
-            for item, _ in frames:
-                report(Outcome(item, "failed", f"{item.input}: restorer failed: {str(e).splitlines()[0]}"))
-            continue
-        for (item, frame), rgb in zip(frames, restored):
-            try:
-                item.output.parent.mkdir(parents=True, exist_ok=True)
-                write_image(item.output, frame, rgb)
-                report(Outcome(item, "restored"))
-            except ImageError as e:
-                report(Outcome(item, "failed", str(e)))
-            except OSError as e:
-                report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}"))
+    for k in range(0, len(pending), restorer.batch_size):
+        restore_group(restorer, pending[k:k + restorer.batch_size], report)
     return outcomes

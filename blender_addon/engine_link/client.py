@@ -1,0 +1,258 @@
+"""Starting and talking to the engine process. Standard library only: Blender ships this, never torch.
+
+The engine runs under its own interpreter (its venv's python), started with pipes; a reader thread turns its stdout
+lines into answers for pending requests and a second keeps the tail of its stderr for error messages. Works the same
+on Windows, macOS and Linux (no select, no signals, no POSIX-only calls).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import protocol
+
+
+class EngineError(RuntimeError):
+    """The engine could not start, died, or answered with an error. `code` is the protocol's error code."""
+
+    def __init__(self, message: str, code: str = "engine_error", result: dict | None = None):
+        super().__init__(message)
+        self.code, self.result = code, result
+
+
+class EngineDied(EngineError):
+    def __init__(self, message: str):
+        super().__init__(message, "engine_died")
+
+
+@dataclass
+class EngineSettings:
+    python: str  # the engine's own interpreter (e.g. .venv/bin/python or .venv\Scripts\python.exe)
+    weights: str
+    base: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 1
+    cwd: str | None = None
+    env: dict = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", "engine", "serve", "--weights", self.weights, "--device", self.device,
+               "--dtype", self.dtype, "--batch-size", str(self.batch_size)]
+        return cmd + (["--base", self.base] if self.base else [])
+
+
+def find_venv_python(project: Path) -> Path | None:
+    """The engine interpreter inside a project checkout, on any platform."""
+    for rel in (".venv/bin/python", ".venv/Scripts/python.exe", ".venv/bin/python3"):
+        if (project / rel).is_file():
+            return project / rel
+    return None
+
+
+class Request:
+    """A pending request: poll `done` (Blender's modal timer) or block in `wait` (background mode)."""
+
+    def __init__(self, request_id, on_progress: Callable[[int, int], None] | None = None):
+        self.id = request_id
+        self.on_progress = on_progress
+        self.done_count, self.total = 0, 0
+        self.response: dict | None = None
+        self.error: EngineError | None = None
+        self._event = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done_count, self.total = done, total
+        if self.on_progress:
+            self.on_progress(done, total)
+
+    def _finish(self, response: dict | None = None, error: EngineError | None = None) -> None:
+        self.response, self.error = response, error
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """The result dict; raises EngineError for an error answer or a dead engine, TimeoutError on timeout."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"no answer to request {self.id} within {timeout} s")
+        if self.error:
+            raise self.error
+        if not self.response.get("ok"):
+            err = self.response.get("error", {})
+            raise EngineError(err.get("message", "unknown engine error"), err.get("code", "engine_error"),
+                              self.response.get("result"))
+        return self.response.get("result", {})
+
+
+class EngineClient:
+    STDERR_TAIL = 40
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+        self.ready: dict | None = None
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stderr: deque[str] = deque(maxlen=self.STDERR_TAIL)
+        self._ready_event = threading.Event()
+        self._dead_reason: str | None = None
+
+    # lifecycle ------------------------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self._dead_reason is None
+
+    def start(self, timeout: float = 300.0) -> dict:
+        """Start the engine and wait for its ready line; raises EngineError naming the cause."""
+        s = self.settings
+        if not s.python or not Path(s.python).is_file():
+            raise EngineError(f"engine interpreter not found: {s.python!r}. Set it in the add-on preferences to "
+                              f"the engine venv's python (.venv/bin/python, or .venv\\Scripts\\python.exe on "
+                              f"Windows)", "no_interpreter")
+        if not s.weights or not Path(s.weights).is_file():
+            raise EngineError(f"restorer weights not found: {s.weights!r}. Set them in the add-on preferences",
+                              "no_weights")
+        self._stderr.clear()
+        self._ready_event.clear()
+        self._dead_reason, self.ready = None, None
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **s.env)
+        # Blender sets PYTHONHOME/PYTHONPATH for its own Python; the engine's interpreter must not inherit them
+        for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP"):
+            if var not in s.env:
+                env.pop(var, None)
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window pops up on Windows
+        try:
+            self.process = subprocess.Popen(s.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, cwd=s.cwd, env=env, creationflags=flags)
+        except OSError as e:
+            raise EngineError(f"could not start the engine with {s.python}: {e}", "no_interpreter") from None
+        threading.Thread(target=self._read_stdout, args=(self.process,), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(self.process,), daemon=True).start()
+        if not self._ready_event.wait(timeout):
+            self.kill()
+            raise EngineError(f"the engine did not become ready within {timeout:.0f} s{self._tail()}", "timeout")
+        if not self.ready or not self.ready.get("ok"):
+            message = (self.ready or {}).get("error", {}).get("message") or self._dead_reason or "unknown reason"
+            self.kill()
+            raise EngineError(f"the engine could not load the model: {message}", "load_failed")
+        return self.ready
+
+    def ensure_running(self, timeout: float = 300.0) -> dict:
+        return self.ready if self.alive else self.start(timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Ask politely, then kill: frees the GPU memory either way."""
+        if self.alive:
+            try:
+                self.request("shutdown").wait(timeout)
+            except (EngineError, TimeoutError):
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process is not None:
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    # requests -------------------------------------------------------------------------------------------------
+    def request(self, op: str, on_progress: Callable[[int, int], None] | None = None, **params) -> Request:
+        if not self.alive:
+            raise EngineDied(f"the engine is not running{self._tail()}")
+        req = Request(f"r{next(self._ids)}", on_progress)
+        with self._lock:
+            self._pending[req.id] = req
+        try:
+            with self._lock:
+                self.process.stdin.write(protocol.encode({"id": req.id, "op": op, **params}))
+                self.process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            with self._lock:
+                self._pending.pop(req.id, None)
+            raise EngineDied(f"the engine stopped accepting requests{self._tail()}") from None
+        return req
+
+    def restore(self, items: list[tuple[str, str]], on_progress=None, **options) -> Request:
+        """Restore (input, output) pairs; options: overwrite, in_place, skip_existing."""
+        return self.request("restore", on_progress, items=[{"input": str(i), "output": str(o)} for i, o in items],
+                            **options)
+
+    def cancel(self, request: Request) -> None:
+        if self.alive and not request.done:
+            self.request("cancel", target=request.id)
+
+    # reader threads -------------------------------------------------------------------------------------------
+    def _read_stdout(self, process: subprocess.Popen) -> None:
+        try:
+            self._dispatch_lines(process)
+        except (OSError, ValueError):  # the pipe was closed under us by kill()
+            pass
+        code = process.wait()
+        if process is not self.process:  # a replacement is already running; its own reader reports for it
+            return
+        self._dead_reason = f"the engine exited with code {code}"
+        time.sleep(0.05)  # let the stderr reader catch the last lines for the message
+        error = EngineDied(f"{self._dead_reason}{self._tail()}")
+        self._ready_event.set()
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for req in pending:
+            req._finish(error=error)
+
+    def _dispatch_lines(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            try:
+                message = protocol.decode(line)
+            except protocol.ProtocolError:
+                self._stderr.append(f"(unparsable engine output) {line[:200]!r}")
+                continue
+            if message.get("event") == "ready":
+                self.ready = message
+                self._ready_event.set()
+                continue
+            with self._lock:
+                req = self._pending.get(message.get("id"))
+            if req is None:
+                continue
+            if message.get("event") == "progress":
+                req._progress(message.get("done", 0), message.get("total", 0))
+                continue
+            with self._lock:
+                self._pending.pop(req.id, None)
+            req._finish(response=message)
+
+    def _read_stderr(self, process: subprocess.Popen) -> None:
+        try:
+            for raw in process.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self._stderr.append(line)
+        except (OSError, ValueError):
+            pass
+
+    def _tail(self, lines: int = 8) -> str:
+        tail = list(self._stderr)[-lines:]
+        return (":\n" + "\n".join(tail)) if tail else ""
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)

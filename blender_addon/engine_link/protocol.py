@@ -1,0 +1,112 @@
+"""The engine's stdio protocol: one JSON object per line each way. Standard library only.
+
+This one module is used by both sides: the engine (`python -m engine serve`) and the client that Blender ships.
+
+Requests   {"id": str|int, "op": "ping"|"info"|"restore"|"cancel"|"shutdown", ...}
+  restore  {"input": PATH, "output": PATH} or {"items": [{"input", "output"}, ...]}
+           options: "overwrite" (replace existing outputs), "in_place" (allow output == input),
+           "skip_existing" (leave existing outputs alone)
+  cancel   {"target": ID}: queued frames of that request are dropped, a running list stops between frames
+Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {"code", "message"}, "result"?}
+Events     {"event": "ready", "ok", "version", "protocol", "device", "model"} first, once;
+           {"id", "event": "progress", "done", "total"} while a restore runs
+"""
+from __future__ import annotations
+
+import json
+
+PROTOCOL_VERSION = 1
+OPS = ("ping", "info", "restore", "cancel", "shutdown")
+RESTORE_OPTIONS = ("overwrite", "in_place", "skip_existing")
+MAX_LINE = 16 * 1024 * 1024
+
+
+class Code:
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    BAD_INPUT = "bad_input"  # missing, empty, corrupt or unsupported image
+    BAD_OUTPUT = "bad_output"  # unwritable, exists, or would overwrite the input
+    CANCELLED = "cancelled"
+    ENGINE_ERROR = "engine_error"
+    LOAD_FAILED = "load_failed"
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str, request_id=None):
+        super().__init__(message)
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+def encode(message: dict) -> bytes:
+    return (json.dumps(message, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def decode(line: bytes | str) -> dict:
+    if len(line) > MAX_LINE:
+        raise ProtocolError(Code.BAD_JSON, f"message of {len(line)} bytes is over the {MAX_LINE}-byte limit")
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(Code.BAD_JSON, f"not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(Code.BAD_JSON, f"expected a JSON object, got {type(message).__name__}")
+    return message
+
+
+def answer(request_id, result: dict) -> dict:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def failure(request_id, code: str, message: str, result: dict | None = None) -> dict:
+    out = {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+    if result is not None:
+        out["result"] = result
+    return out
+
+
+def progress(request_id, done: int, total: int) -> dict:
+    return {"id": request_id, "event": "progress", "done": done, "total": total}
+
+
+def _path(value, where: str, request_id) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ProtocolError(Code.BAD_REQUEST, f"{where} must be a non-empty path string", request_id)
+    return value
+
+
+def parse_request(message: dict) -> tuple:
+    """(id, op, params), with params checked for the op; anything off raises ProtocolError."""
+    request_id = message.get("id")
+    if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
+        raise ProtocolError(Code.BAD_REQUEST, "every request needs an 'id' (string or integer)", None)
+    op = message.get("op")
+    if op not in OPS:
+        raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}", request_id)
+    params = {}
+    if op == "cancel":
+        target = message.get("target")
+        if not isinstance(target, (str, int)) or isinstance(target, bool):
+            raise ProtocolError(Code.BAD_REQUEST, "cancel needs a 'target' request id", request_id)
+        params["target"] = target
+    elif op == "restore":
+        if "items" in message:
+            items = message["items"]
+            if not isinstance(items, list) or not items:
+                raise ProtocolError(Code.BAD_REQUEST, "'items' must be a non-empty list", request_id)
+            if not all(isinstance(i, dict) for i in items):
+                raise ProtocolError(Code.BAD_REQUEST, "each item must be {\"input\", \"output\"}", request_id)
+            params["items"] = [(_path(i.get("input"), f"items[{k}].input", request_id),
+                                _path(i.get("output"), f"items[{k}].output", request_id))
+                               for k, i in enumerate(items)]
+            params["single"] = False
+        else:
+            params["items"] = [(_path(message.get("input"), "input", request_id),
+                                _path(message.get("output"), "output", request_id))]
+            params["single"] = True
+        for key in RESTORE_OPTIONS:
+            value = message.get(key, False)
+            if not isinstance(value, bool):
+                raise ProtocolError(Code.BAD_REQUEST, f"'{key}' must be true or false", request_id)
+            params[key] = value
+    return request_id, op, params

@@ -1,0 +1,193 @@
+"""`python -m engine serve`: the restorer loaded once, answering JSON lines on stdin/stdout.
+
+A reader thread parses requests and answers the quick ones (ping, info, cancel, shutdown) at once; the main thread
+restores queued frames in batches across requests, checking for cancellation between batches. stdout carries only
+protocol lines: anything a library prints goes to stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blender_addon.engine_link import protocol
+from blender_addon.engine_link.protocol import Code, ProtocolError
+
+from . import __version__
+from .jobs import Item, Outcome, check_item, restore_group
+
+
+@dataclass
+class RestoreJob:
+    id: object
+    single: bool
+    options: dict
+    pending: deque
+    total: int
+    outcomes: list = field(default_factory=list)
+    cancelled: bool = False
+
+
+class Service:
+    def __init__(self, restorer, out, model_info: dict | None = None):
+        self.restorer, self.out = restorer, out
+        self.model_info = model_info or {}
+        self.write_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.jobs: deque[RestoreJob] = deque()
+        self.closing = False
+
+    def send(self, message: dict) -> None:
+        data = protocol.encode(message)
+        with self.write_lock:
+            try:
+                self.out.write(data)
+                self.out.flush()
+            except (BrokenPipeError, OSError):  # the client is gone; finish quietly
+                self.closing = True
+
+    def describe(self) -> dict:
+        return {"version": __version__, "protocol": protocol.PROTOCOL_VERSION, **self.restorer.describe(),
+                "model": self.model_info}
+
+    # reader side ------------------------------------------------------------------------------------------------
+    def read_loop(self, stream) -> None:
+        for line in stream:
+            if line.strip():
+                self.handle_line(line)
+            if self.closing:
+                break
+        with self.cond:  # stdin closed: the client is gone, so queued work has no one to answer to
+            for j in self.jobs:
+                j.cancelled = True
+            self.closing = True
+            self.cond.notify_all()
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            request_id, op, params = protocol.parse_request(protocol.decode(line))
+        except ProtocolError as e:
+            self.send(protocol.failure(e.request_id, e.code, e.message))
+            return
+        if op == "ping":
+            self.send(protocol.answer(request_id, {"pong": True}))
+        elif op == "info":
+            self.send(protocol.answer(request_id, self.describe()))
+        elif op == "cancel":
+            with self.cond:
+                found = [j for j in self.jobs if j.id == params["target"]]
+                for j in found:
+                    j.cancelled = True
+                self.cond.notify_all()
+            self.send(protocol.answer(request_id, {"target": params["target"], "found": bool(found)}))
+        elif op == "shutdown":
+            with self.cond:
+                for j in self.jobs:
+                    j.cancelled = True
+                self.closing = True
+                self.cond.notify_all()
+            self.send(protocol.answer(request_id, {"shutdown": True}))
+        else:
+            self.enqueue(request_id, params)
+
+    def enqueue(self, request_id, params: dict) -> None:
+        items = deque(Item(Path(i), Path(o)) for i, o in params["items"])
+        options = {k: params[k] for k in protocol.RESTORE_OPTIONS}
+        with self.cond:
+            if any(j.id == request_id for j in self.jobs):
+                self.send(protocol.failure(request_id, Code.BAD_REQUEST, f"request id {request_id!r} is still "
+                                                                         f"in progress; use a new id"))
+                return
+            self.jobs.append(RestoreJob(request_id, params["single"], options, items, len(items)))
+            self.cond.notify_all()
+
+    # worker side ------------------------------------------------------------------------------------------------
+    def work_loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.jobs and not self.closing:
+                    self.cond.wait()
+                if not self.jobs and self.closing:
+                    return
+                batch, owners = self._take_batch()
+            if batch:
+                restore_group(self.restorer, batch, lambda o: self._record(owners[id(o.item)], o))
+            self._finish_jobs()
+
+    def _take_batch(self):
+        """Up to one batch of frames from the front of the queue; items decided without pixels are recorded."""
+        batch, owners = [], {}
+        for job in self.jobs:
+            while job.pending and not job.cancelled and len(batch) < self.restorer.batch_size:
+                item = job.pending.popleft()
+                decided = check_item(item, job.options["skip_existing"], job.options["overwrite"],
+                                     job.options["in_place"])
+                if decided:
+                    self._record(job, decided)
+                else:
+                    batch.append(item)
+                    owners[id(item)] = job
+            if len(batch) >= self.restorer.batch_size:
+                break
+        return batch, owners
+
+    def _record(self, job: RestoreJob, outcome: Outcome) -> None:
+        job.outcomes.append(outcome)
+        self.send(protocol.progress(job.id, len(job.outcomes), job.total))
+
+    def _finish_jobs(self) -> None:
+        with self.cond:
+            done = [j for j in self.jobs if j.cancelled or (not j.pending and len(j.outcomes) == j.total)]
+            for j in done:
+                self.jobs.remove(j)
+        for j in done:
+            self.send(self._final_answer(j))
+
+    @staticmethod
+    def _final_answer(job: RestoreJob) -> dict:
+        counts = {s: sum(o.status == s for o in job.outcomes) for s in ("restored", "skipped", "failed")}
+        counts["cancelled"] = job.total - len(job.outcomes)
+        result = {"items": [o.to_dict() for o in job.outcomes], **counts}
+        if job.cancelled and counts["cancelled"]:
+            return protocol.failure(job.id, Code.CANCELLED, f"cancelled after {len(job.outcomes)} of {job.total} "
+                                                            f"frames", result)
+        failed = [o for o in job.outcomes if o.status == "failed"]
+        if failed:
+            message = failed[0].reason if job.single else \
+                f"{len(failed)} of {job.total} frames failed; first: {failed[0].reason}"
+            return protocol.failure(job.id, failed[0].code or Code.ENGINE_ERROR, message, result)
+        return protocol.answer(job.id, result)
+
+
+def serve(args) -> int:
+    """Entry point for the CLI. Keeps the real stdout for protocol lines and points fd 1 at stderr."""
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
+
+    from .runtime import Restorer
+
+    def ready_failure(message: str) -> int:
+        protocol_out.write(protocol.encode({"event": "ready", "ok": False, "version": __version__,
+                                            "error": {"code": Code.LOAD_FAILED, "message": message}}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        restorer = Restorer.from_pretrained(args.weights, args.base, device=args.device, dtype=args.dtype,
+                                            batch_size=args.batch_size, tile=args.tile)
+    except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
+        return ready_failure(str(e) or type(e).__name__)
+    info = restorer.info
+    service = Service(restorer, protocol_out, {"weights": str(args.weights), "base": info.base,
+                                               "source": info.source, "input_range": info.restorer.input_range})
+    service.send({"event": "ready", "ok": True, **service.describe()})
+    print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
+    reader = threading.Thread(target=service.read_loop, args=(sys.stdin.buffer,), daemon=True)
+    reader.start()
+    service.work_loop()
+    return 0

@@ -1,0 +1,220 @@
+"""The stdio service and its torch-free client: the protocol, every bad message, cancel, a killed engine, load."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from blender_addon.engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
+from engine.images import read_image
+from engine.runtime import Restorer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _image(path, size=(40, 48), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8))
+    return path
+
+
+def _settings(weights, **kw):
+    return EngineSettings(python=sys.executable, weights=str(weights), device="cpu", cwd=str(ROOT), **kw)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    client = EngineClient(_settings(tiny_weights, batch_size=4))
+    client.start(timeout=120)
+    yield client
+    client.shutdown()
+
+
+class RawEngine:
+    """The engine driven line by line, for messages the client would never send."""
+
+    def __init__(self, weights):
+        self.p = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--weights", str(weights),
+                                   "--device", "cpu"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        self.ready = json.loads(self.p.stdout.readline())
+
+    def ask(self, line: bytes) -> dict:
+        self.p.stdin.write(line.rstrip(b"\n") + b"\n")
+        self.p.stdin.flush()
+        while True:
+            msg = json.loads(self.p.stdout.readline())
+            if msg.get("event") != "progress":
+                return msg
+
+    def close(self):
+        self.p.stdin.close()
+        return self.p.wait(30)
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_weights):
+    r = RawEngine(tiny_weights)
+    yield r
+    r.close()
+
+
+def test_ready_line_describes_the_engine(engine):
+    assert engine.ready["ok"] and engine.ready["protocol"] == 1
+    assert engine.ready["device"] == "cpu" and engine.ready["batch_size"] == 4
+    assert engine.request("ping").wait(10) == {"pong": True}
+    assert engine.request("info").wait(10)["model"]["input_range"] == "-1,1"
+
+
+def test_restore_one_frame_matches_the_restorer(engine, tiny_weights, tmp_path):
+    src = _image(tmp_path / "in.png")
+    result = engine.restore([(src, tmp_path / "out.png")]).wait(60)
+    assert result["restored"] == 1
+    expected = Restorer.from_pretrained(tiny_weights, device="cpu").restore([read_image(src).rgb])[0]
+    assert np.abs(read_image(tmp_path / "out.png").rgb - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_restore_a_list_reports_progress(engine, tmp_path):
+    items = [(_image(tmp_path / f"{i}.png", seed=i), tmp_path / "out" / f"{i}.png") for i in range(6)]
+    seen = []
+    result = engine.restore(items, on_progress=lambda d, t: seen.append((d, t))).wait(60)
+    assert result["restored"] == 6 and seen[-1] == (6, 6) and len(seen) == 6
+    assert all(o.is_file() for _, o in items)
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"this is not json", "bad_json"),
+    (b"[1, 2]", "bad_json"),
+    (b'{"op": "ping"}', "bad_request"),
+    (b'{"id": 1, "op": "explode"}', "unknown_op"),
+    (b'{"id": 2, "op": "restore"}', "bad_request"),
+    (b'{"id": 3, "op": "restore", "input": "a.png"}', "bad_request"),
+    (b'{"id": 4, "op": "restore", "items": []}', "bad_request"),
+    (b'{"id": 5, "op": "restore", "items": ["a.png"]}', "bad_request"),
+    (b'{"id": 6, "op": "restore", "input": "a.png", "output": "b.png", "overwrite": "yes"}', "bad_request"),
+    (b'{"id": 7, "op": "cancel"}', "bad_request"),
+    (b'{"id": 8, "op": "restore", "input": "/no/such/file.png", "output": "/tmp/x.png"}', "bad_input"),
+])
+def test_bad_messages_get_an_error_and_the_service_keeps_serving(raw, line, code):
+    answer = raw.ask(line)
+    assert answer["ok"] is False and answer["error"]["code"] == code and answer["error"]["message"]
+    assert raw.ask(b'{"id": "p", "op": "ping"}')["ok"]
+
+
+def test_bad_images_and_outputs_are_named(raw, tmp_path):
+    good = _image(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes(good.read_bytes()[:80])
+    (tmp_path / "blocker").write_bytes(b"")
+    cases = [
+        ({"input": str(tmp_path / "corrupt.png"), "output": str(tmp_path / "o1.png")}, "bad_input", "corrupt.png"),
+        ({"input": str(good), "output": str(tmp_path / "blocker" / "o.png")}, "bad_output", "blocker"),
+        ({"input": str(good), "output": str(good)}, "bad_output", "input file itself"),
+    ]
+    for k, (msg, code, needle) in enumerate(cases):
+        answer = raw.ask(json.dumps({"id": f"c{k}", "op": "restore", **msg}).encode())
+        assert answer["error"]["code"] == code and needle in answer["error"]["message"]
+    assert not (tmp_path / "o1.png").exists()
+    before = good.read_bytes()
+    answer = raw.ask(json.dumps({"id": "inplace", "op": "restore", "input": str(good), "output": str(good),
+                                 "in_place": True}).encode())
+    assert answer["ok"] and good.read_bytes() != before and read_image(good).size == (48, 40)
+
+
+def test_cancel_drops_queued_frames(engine, tmp_path):
+    items = [(_image(tmp_path / f"{i}.png", (64, 64), seed=i), tmp_path / "out" / f"{i}.png") for i in range(40)]
+    req = engine.restore(items)
+    engine.cancel(req)
+    with pytest.raises(EngineError) as e:
+        req.wait(60)
+    assert e.value.code == "cancelled" and e.value.result["cancelled"] > 0
+    written = {Path(i["output"]) for i in e.value.result["items"] if i["status"] == "restored"}
+    for _, out in items:
+        assert out.exists() == (out in written)
+    for out in written:
+        read_image(out)  # whole
+    assert engine.request("ping").wait(10)["pong"]
+
+
+def test_killed_engine_is_reported_and_restarted(tiny_weights, tmp_path):
+    client = EngineClient(_settings(tiny_weights))
+    client.start(timeout=120)
+    items = [(_image(tmp_path / f"{i}.png", (64, 64), seed=i), tmp_path / "out" / f"{i}.png") for i in range(50)]
+    req = client.restore(items)
+    deadline = time.time() + 60
+    while req.done_count < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    client.process.kill()
+    with pytest.raises(EngineDied, match="exited with code"):
+        req.wait(30)
+    assert not client.alive
+    finished = [o for _, o in items if o.exists()]
+    assert 2 <= len(finished) < 50
+    for out in finished:
+        read_image(out)
+    assert not [p for p in (tmp_path / "out").iterdir() if ".partial" in p.name]
+    client.ensure_running(timeout=120)
+    assert client.request("ping").wait(10)["pong"]
+    client.shutdown()
+    assert not client.alive
+
+
+def test_load_failure_is_reported_with_the_reason(tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(EngineError, match="w.safetensors") as e:
+        EngineClient(_settings(bad)).start(timeout=120)
+    assert e.value.code == "load_failed"
+
+
+def test_wrong_interpreter_is_reported(tiny_weights, tmp_path):
+    settings = _settings(tiny_weights)
+    settings.python = str(tmp_path / "no" / "python.exe")
+    with pytest.raises(EngineError, match="interpreter not found") as e:
+        EngineClient(settings).start()
+    assert e.value.code == "no_interpreter"
+
+
+def test_interpreter_without_the_engine_is_reported(tiny_weights, tmp_path):
+    settings = _settings(tiny_weights)
+    settings.cwd = str(tmp_path)
+    settings.env = {"PYTHONNOUSERSITE": "1"}
+    settings.python = str(Path(sys.base_prefix) / "bin" / "python3")
+    if not Path(settings.python).exists():
+        pytest.skip("no base interpreter at the usual place")
+    with pytest.raises(EngineError, match="No module named engine|exited with code"):
+        EngineClient(settings).start(timeout=60)
+
+
+def test_client_imports_without_torch_or_numpy():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; "
+            "import blender_addon.engine_link.client, blender_addon.engine_link.protocol")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_thousand_requests_with_bad_ones_are_all_answered(tiny_weights, tmp_path):
+    client = EngineClient(_settings(tiny_weights, batch_size=8))
+    client.start(timeout=120)
+    src = _image(tmp_path / "in.png", (16, 16))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    requests = []
+    for i in range(1000):
+        if i % 10 == 3:
+            requests.append(("bad", client.restore([(tmp_path / "bad.png", tmp_path / "o" / f"{i}.png")])))
+        elif i % 10 == 7:
+            requests.append(("ping", client.request("ping")))
+        else:
+            requests.append(("ok", client.restore([(src, tmp_path / "o" / f"{i}.png")])))
+    for kind, req in requests:
+        if kind == "bad":
+            with pytest.raises(EngineError) as e:
+                req.wait(120)
+            assert e.value.code == "bad_input"
+        else:
+            req.wait(120)
+    assert client.alive and client.request("ping").wait(10)["pong"]
+    assert len(list((tmp_path / "o").iterdir())) == 800
+    client.shutdown()
