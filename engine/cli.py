@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-vae", type=int, default=8)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench-protocol", help="time the stdio service's overhead per frame against in-process")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--base", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
     p.add_argument("base", nargs="?", default=DEFAULT_BASE)
 
@@ -136,13 +144,21 @@ def cmd_import(a) -> int:
     return 0
 
 
+def cmd_bench_protocol(a) -> int:
+    from .bench_protocol import print_table, run
+
+    r = run(a.weights, a.base, a.frames, a.size, a.device)
+    print(json.dumps(r)) if a.json else print_table(r)
+    return 0
+
+
 def cmd_serve(a) -> int:
     from .service import serve
 
     return serve(a)
 
 
-COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
+COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench-protocol": cmd_bench_protocol, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,3 +218,11 @@ def test_a_thousand_requests_with_bad_ones_are_all_answered(tiny_weights, tmp_pa
     assert client.alive and client.request("ping").wait(10)["pong"]
     assert len(list((tmp_path / "o").iterdir())) == 800
     client.shutdown()
+
+
+def test_protocol_benchmark_prints_its_table(tiny_weights):
+    r = subprocess.run([sys.executable, "-m", "engine", "bench-protocol", "--weights", str(tiny_weights),
+                        "--device", "cpu", "--frames", "5", "--size", "64"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "protocol overhead" in r.stdout and "% of model time" in r.stdout
