@@ -1,0 +1,205 @@
+"""Operators: Restore Render, Restore Folder, Stop Engine. Interactive runs are modal (progress, Esc cancels);
+in background mode (blender -b) they block, because bpy.app.timers and modal timers never fire there."""
+import tempfile
+import threading
+from pathlib import Path
+
+import bpy
+
+from .engine_link.client import EngineDied, EngineError
+from .frame_queue import folder_items
+from .preferences import engine_settings
+from .state import MANAGER
+
+RESTORED_IMAGE = "Restored Render"
+
+
+class EngineJob:
+    """Start the engine if needed and run one request, in a thread (interactive) or inline (background)."""
+
+    def __init__(self, settings, make_request):
+        self.settings, self.make_request = settings, make_request
+        self.request = None
+        self.result = None
+        self.error = None
+        self.thread = None
+
+    def run(self):
+        for attempt in range(2):  # a crashed engine is restarted once
+            try:
+                client = MANAGER.client_for(self.settings)
+                self.request = self.make_request(client)
+                self.result = self.request.wait()
+                return
+            except EngineDied as e:
+                self.error = e
+            except (EngineError, OSError, ValueError) as e:
+                self.error = e
+                return
+
+    def start(self):
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @property
+    def done(self):
+        return self.thread is not None and not self.thread.is_alive()
+
+    def cancel(self):
+        if self.request is not None and MANAGER.client is not None:
+            try:
+                MANAGER.client.cancel(self.request)
+            except EngineError:
+                pass
+
+
+class _ModalEngineOperator:
+    """Shared modal loop: subclasses implement prepare() -> make_request, and finish(context, result)."""
+    _timer = None
+    _job = None
+
+    def execute(self, context):
+        make_request = self._prepare_or_report(context)
+        if make_request is None:
+            return {"CANCELLED"}
+        job = EngineJob(engine_settings(context), make_request)
+        job.run()
+        return self._conclude(context, job)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        make_request = self._prepare_or_report(context)
+        if make_request is None:
+            return {"CANCELLED"}
+        self._job = EngineJob(engine_settings(context), make_request)
+        self._job.start()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC":
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        request = job.request
+        if request is not None and request.total:
+            context.window_manager.progress_update(int(100 * request.done_count / request.total))
+            context.workspace.status_text_set(f"Splat Restore: {request.done_count}/{request.total} (Esc cancels)")
+        if not job.done:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        context.workspace.status_text_set(None)
+        return self._conclude(context, job)
+
+    def _prepare_or_report(self, context):
+        try:
+            return self.prepare(context)
+        except (ValueError, OSError, RuntimeError) as e:
+            self.report({"ERROR"}, f"Splat Restore: {e}")
+            return None
+
+    def _conclude(self, context, job):
+        if job.error is not None:
+            if isinstance(job.error, EngineError) and job.error.code == "cancelled":
+                self.report({"WARNING"}, f"Splat Restore: cancelled ({job.error})")
+                return {"CANCELLED"}
+            self.report({"ERROR"}, f"Splat Restore: {job.error}")
+            return {"CANCELLED"}
+        return self.finish(context, job.result)
+
+
+def save_render_png(scene, path: Path) -> None:
+    """The last render as 16-bit PNG with the scene's view transform applied: display-referred sRGB, as the model
+    expects. Render Result pixels are not readable from Python; save_render is the way out."""
+    result = bpy.data.images.get("Render Result")
+    if result is None:
+        raise ValueError("there is no render to restore yet: render first (F12)")
+    settings = scene.render.image_settings
+    saved = (settings.file_format, settings.color_depth, settings.color_mode)
+    try:
+        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGBA", "16"
+        result.save_render(str(path), scene=scene)
+    finally:
+        settings.file_format = saved[0]
+        settings.color_mode, settings.color_depth = saved[2], saved[1]
+    if not path.is_file():
+        raise ValueError("the Render Result is empty: render first (F12)")
+
+
+class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
+    """Restore the last render and show it as the image "Restored Render\""""
+    bl_idname = "splat_restore.restore_render"
+    bl_label = "Restore Render"
+
+    def prepare(self, context):
+        folder = Path(tempfile.mkdtemp(prefix="splat_restore_"))
+        self._src, self._dst = folder / "render.png", folder / "restored.png"
+        save_render_png(context.scene, self._src)
+        return lambda client: client.restore([(self._src, self._dst)], overwrite=True)
+
+    def finish(self, context, result):
+        image = bpy.data.images.get(RESTORED_IMAGE)
+        if image is not None:
+            bpy.data.images.remove(image)
+        image = bpy.data.images.load(str(self._dst), check_existing=False)
+        image.name = RESTORED_IMAGE
+        image.pack()  # the temporary file may go; the result stays with the .blend
+        screen = context.screen
+        for area in (screen.areas if screen else []):
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = image
+                break
+        self.report({"INFO"}, "Splat Restore: render restored")
+        return {"FINISHED"}
+
+
+class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
+    """Restore every saved render in a folder"""
+    bl_idname = "splat_restore.restore_folder"
+    bl_label = "Restore Folder"
+
+    input_dir: bpy.props.StringProperty(name="Input Folder", subtype="DIR_PATH")
+    output_dir: bpy.props.StringProperty(name="Output Folder", subtype="DIR_PATH",
+                                         description="Empty: a 'restored' folder inside the input folder")
+    recursive: bpy.props.BoolProperty(name="Recursive", default=False)
+
+    def prepare(self, context):
+        items = folder_items(bpy.path.abspath(self.input_dir),
+                             bpy.path.abspath(self.output_dir) if self.output_dir else None, self.recursive)
+        for _, out in items:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        self._count = len(items)
+        return lambda client: client.restore(items, overwrite=True)
+
+    def finish(self, context, result):
+        self.report({"INFO"}, f"Splat Restore: {result.get('restored', 0)} of {self._count} renders restored")
+        return {"FINISHED"}
+
+
+class SPLATRESTORE_OT_stop_engine(bpy.types.Operator):
+    """Stop the engine process and free its GPU memory"""
+    bl_idname = "splat_restore.stop_engine"
+    bl_label = "Stop Engine"
+
+    def execute(self, context):
+        MANAGER.stop()
+        return {"FINISHED"}
+
+
+CLASSES = (SPLATRESTORE_OT_restore_render, SPLATRESTORE_OT_restore_folder, SPLATRESTORE_OT_stop_engine)
+
+
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,10 @@
+"""The add-on's session state: one engine for the whole Blender session, and the frame queue of a running render."""
+from .frame_queue import EngineManager
+
+MANAGER = EngineManager()
+
+
+class RenderState:
+    queue = None  # FrameQueue while an auto-restoring render runs
+    last_report = ""
+    refusal = ""  # why the current render's frames are not restored (e.g. EXR output)
