@@ -62,8 +62,53 @@ def test(pytest_args: list[str]) -> int:
     setup()
     env = dict(os.environ, SPLAT_RESTORE_ENGINE_PYTHON=str(venv_python(ENGINE_VENV)),
                SPLAT_RESTORE_BLENDER_PYTHON=str(venv_python(BLENDER_VENV)))
-    return subprocess.run([str(venv_python(ENGINE_VENV)), "-m", "pytest", "tests", *pytest_args],
-                          cwd=ROOT, env=env).returncode
+    engine = subprocess.run([str(venv_python(ENGINE_VENV)), "-m", "pytest", "tests", *pytest_args],
+                            cwd=ROOT, env=env).returncode
+    # the add-on's tests run inside real Blender (bpy), which lives in its own venv, as it would for artists
+    blender = subprocess.run([str(venv_python(BLENDER_VENV)), "-m", "pytest", "tests/blender", *pytest_args],
+                             cwd=ROOT, env=env).returncode
+    return engine or blender
+
+
+MANIFEST_REQUIRED = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
+                     "blender_version_min", "license")
+
+
+def validate_manifest(manifest: dict) -> None:
+    """The checks Blender's extension validator makes that a typo here could fail (blender_ext.py validate)."""
+    import re
+
+    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
+    if missing:
+        sys.exit(f"blender_manifest.toml: missing {', '.join(missing)}")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", manifest["id"]):
+        sys.exit(f"blender_manifest.toml: id {manifest['id']!r} must be a Python identifier")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", manifest["version"]):
+        sys.exit(f"blender_manifest.toml: version {manifest['version']!r} must be semantic (X.Y.Z)")
+    if len(manifest["tagline"]) > 64 or manifest["tagline"].rstrip().endswith((".", "!", "?")):
+        sys.exit("blender_manifest.toml: tagline must be at most 64 characters, without closing punctuation")
+    if manifest["type"] != "add-on" or not all(x.startswith("SPDX:") for x in manifest["license"]):
+        sys.exit("blender_manifest.toml: type must be 'add-on' and licenses SPDX:...")
+
+
+def build_addon() -> Path:
+    """dist/splat_restore-<version>.zip: the manifest and the add-on's Python files at the zip's root."""
+    import tomllib
+    import zipfile
+
+    src = ROOT / "blender_addon"
+    manifest = tomllib.loads((src / "blender_manifest.toml").read_text(encoding="utf-8"))
+    validate_manifest(manifest)
+    out = ROOT / "dist" / f"{manifest['id']}-{manifest['version']}.zip"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".zip.partial")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(src.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".toml"):
+                zf.write(path, path.relative_to(src).as_posix())
+    os.replace(tmp, out)
+    print(out)
+    return out
 
 
 def main() -> int:
@@ -72,11 +117,15 @@ def main() -> int:
     p = sub.add_parser("setup")
     p.add_argument("--no-blender", action="store_true", help="skip .venv-blender (bpy is only for tests)")
     sub.add_parser("test", help="extra arguments go to pytest")
+    sub.add_parser("addon", help="build the Blender extension zip into dist/")
     a, extra = ap.parse_known_args()
     if a.cmd == "setup":
         if extra:
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
         setup(blender=not a.no_blender)
+        return 0
+    if a.cmd == "addon":
+        build_addon()
         return 0
     return test(extra)
 

@@ -21,6 +21,13 @@ def restored_path(frame: str | os.PathLike, in_place: bool = False, folder: str 
     return frame if in_place else frame.parent / folder / frame.name
 
 
+def newest_existing(candidates) -> Path | None:
+    """The file Blender just wrote: render_write does not say whether it wrote an animation frame
+    (`frame_path`, numbered) or a still (the output path itself), so take whichever exists and is newest."""
+    found = [Path(c) for c in candidates if c and Path(c).is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 def default_engine_python() -> str:
     """The engine interpreter when none is set: $SPLAT_RESTORE_ENGINE_PYTHON, else the checkout's .venv."""
     env = os.environ.get("SPLAT_RESTORE_ENGINE_PYTHON")

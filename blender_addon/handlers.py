@@ -4,7 +4,7 @@ import sys
 import bpy
 from bpy.app.handlers import persistent
 
-from .frame_queue import FrameQueue, restored_path
+from .frame_queue import FrameQueue, newest_existing, restored_path
 from .preferences import engine_settings
 from .state import MANAGER, RenderState
 
@@ -37,7 +37,14 @@ def on_render_write(scene, *_):
     queue = RenderState.queue
     if queue is None:
         return
-    frame = scene.render.frame_path(frame=scene.frame_current)
+    render = scene.render
+    still = bpy.path.abspath(render.filepath)
+    if render.use_file_extension and not still.lower().endswith(render.file_extension.lower()):
+        still += render.file_extension
+    frame = newest_existing([render.frame_path(frame=scene.frame_current), still])
+    if frame is None:
+        _log(f"Splat Restore: cannot find the frame Blender just wrote ({render.filepath})")
+        return
     settings = scene.splat_restore
     queue.submit(frame, restored_path(frame, settings.in_place, settings.folder))
 

@@ -29,7 +29,7 @@ class EngineJob:
             try:
                 client = MANAGER.client_for(self.settings)
                 self.request = self.make_request(client)
-                self.result = self.request.wait()
+                self.result, self.error = self.request.wait(), None
                 return
             except EngineDied as e:
                 self.error = e

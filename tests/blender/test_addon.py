@@ -1,0 +1,162 @@
+"""The add-on in real Blender: each use case end to end against the real engine (tiny model, CPU)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from conftest import ROOT, engine_restore
+from scene import pixels
+
+
+def _state():
+    from blender_addon.state import MANAGER, RenderState
+
+    return MANAGER, RenderState
+
+
+def test_restore_render_matches_the_engine(scene, tiny_weights, tmp_path):
+    from blender_addon.operators import save_render_png
+
+    bpy.ops.render.render()
+    assert bpy.ops.splat_restore.restore_render() == {"FINISHED"}
+    restored = bpy.data.images["Restored Render"]
+    assert tuple(restored.size) == (32, 32) and restored.packed_file is not None
+    src = tmp_path / "render.png"
+    save_render_png(scene, src)
+    expected = engine_restore(src, tmp_path / "out", tiny_weights)
+    assert np.abs(pixels(restored) - pixels(expected)).max() < 1e-6
+    assert _state()[0].status == "ready"
+
+
+def test_restore_render_keeps_the_scene_output_settings(scene):
+    scene.render.image_settings.file_format = "JPEG"
+    bpy.ops.render.render()
+    bpy.ops.splat_restore.restore_render()
+    assert scene.render.image_settings.file_format == "JPEG"
+
+
+def test_every_animation_frame_is_restored_to_a_sibling_folder(scene, tiny_weights, tmp_path):
+    scene.splat_restore.auto_restore = True
+    scene.render.filepath = str(tmp_path / "frame_####")
+    bpy.ops.render.render(animation=True)
+    names = [f"frame_{i:04d}.png" for i in (1, 2, 3)]
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == names
+    for name in names:
+        expected = engine_restore(tmp_path / name, tmp_path / "expected", tiny_weights)
+        got = pixels(tmp_path / "restored" / name)
+        assert np.array_equal(got, pixels(expected))
+        assert not np.array_equal(got, pixels(tmp_path / name))  # the originals are kept
+    assert "3 restored, 0 failed" in _state()[1].last_report
+
+
+def test_in_place_replaces_the_written_frames(scene, tiny_weights, tmp_path):
+    scene.splat_restore.auto_restore = True
+    scene.splat_restore.in_place = True
+    scene.render.filepath = str(tmp_path / "f_####")
+    bpy.ops.render.render(animation=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+    assert "3 restored" in _state()[1].last_report
+
+
+def test_still_render_with_write_is_restored(scene, tmp_path):
+    scene.splat_restore.auto_restore = True
+    scene.render.filepath = str(tmp_path / "still.png")
+    scene.render.use_file_extension = False
+    bpy.ops.render.render(write_still=True)
+    scene.render.use_file_extension = True
+    assert (tmp_path / "restored" / "still.png").is_file()
+
+
+def test_exr_output_is_refused_clearly(scene, tmp_path):
+    scene.splat_restore.auto_restore = True
+    scene.render.image_settings.file_format = "OPEN_EXR"
+    scene.render.filepath = str(tmp_path / "f_####")
+    bpy.ops.render.render(animation=True)
+    assert not (tmp_path / "restored").exists()
+    assert "OPEN_EXR" in _state()[1].last_report and "sRGB" in _state()[1].last_report
+
+
+def test_engine_killed_mid_animation_is_restarted_once(scene, tmp_path):
+    manager, state = _state()
+    scene.splat_restore.auto_restore = True
+    scene.render.filepath = str(tmp_path / "k_####")
+    scene.frame_end = 4
+
+    def kill_after_second(scene_, *_):
+        if scene_.frame_current == 2:
+            manager.client.process.kill()
+            manager.client.process.wait()
+    bpy.app.handlers.render_write.append(kill_after_second)
+    try:
+        bpy.ops.render.render(animation=True)
+    finally:
+        bpy.app.handlers.render_write.remove(kill_after_second)
+    report = state.last_report
+    assert "restarted 1x" in report and "4 restored, 0 failed" in report, report
+    for i in range(1, 5):
+        assert pixels(tmp_path / "restored" / f"k_{i:04d}.png").shape == (32, 32, 4)
+    assert not [p for p in (tmp_path / "restored").iterdir() if ".partial" in p.name]
+
+
+def test_restore_folder_batch(scene, tiny_weights, tmp_path):
+    scene.render.filepath = str(tmp_path / "saved" / "r_####")
+    bpy.ops.render.render(animation=True)
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path / "saved"),
+                                                output_dir=str(tmp_path / "fixed")) == {"FINISHED"}
+    for i in (1, 2, 3):
+        name = f"r_{i:04d}.png"
+        expected = engine_restore(tmp_path / "saved" / name, tmp_path / "expected", tiny_weights)
+        assert np.array_equal(pixels(tmp_path / "fixed" / name), pixels(expected))
+
+
+def test_restore_folder_reports_an_empty_folder(addon, tmp_path):
+    with pytest.raises(RuntimeError, match="no images"):
+        bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path))
+
+
+def test_wrong_interpreter_is_reported_in_the_ui(scene, addon):
+    bpy.ops.render.render()
+    good = addon.engine_python
+    addon.engine_python = str(Path(good).parent / "no_such_python")
+    try:
+        with pytest.raises(RuntimeError, match="interpreter not found"):
+            bpy.ops.splat_restore.restore_render()
+        assert _state()[0].status in ("stopped", "error")
+    finally:
+        addon.engine_python = good
+
+
+def test_missing_weights_are_reported_in_the_ui(scene, addon, tmp_path):
+    bpy.ops.render.render()
+    good = addon.weights
+    addon.weights = str(tmp_path / "missing.safetensors")
+    try:
+        with pytest.raises(RuntimeError, match="weights not found"):
+            bpy.ops.splat_restore.restore_render()
+    finally:
+        addon.weights = good
+
+
+def test_stop_engine_frees_the_process(scene):
+    bpy.ops.render.render()
+    bpy.ops.splat_restore.restore_render()
+    manager = _state()[0]
+    process = manager.client.process
+    assert bpy.ops.splat_restore.stop_engine() == {"FINISHED"}
+    assert process.poll() is not None and manager.status == "stopped"
+
+
+def test_the_built_zip_installs_and_restores(tiny_weights, tmp_path):
+    from conftest import engine_python
+
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    zip_path = Path(r.stdout.strip().splitlines()[-1])
+    script = Path(__file__).with_name("zip_install_check.py")
+    r = subprocess.run([sys.executable, str(script), str(zip_path), engine_python(), str(tiny_weights),
+                        str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user")})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "ZIP OK" in r.stdout

@@ -1,0 +1,66 @@
+"""The add-on's bpy-free logic: where restored frames go, which file Blender wrote, folder batches, reports."""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from blender_addon.engine_link.client import EngineSettings, find_venv_python
+from blender_addon.frame_queue import QueueReport, folder_items, newest_existing, restored_path
+
+
+def test_restored_frames_go_to_a_sibling_folder_or_in_place():
+    frame = Path("renders") / "shot_0007.png"
+    assert restored_path(frame) == Path("renders") / "restored" / "shot_0007.png"
+    assert restored_path(frame, in_place=True) == frame
+    assert restored_path(frame, folder="fixed") == Path("renders") / "fixed" / "shot_0007.png"
+
+
+def test_the_newest_candidate_is_the_written_frame(tmp_path):
+    old, new = tmp_path / "x.png", tmp_path / "x0001.png"
+    old.write_bytes(b"a")
+    time.sleep(0.01)
+    new.write_bytes(b"b")
+    assert newest_existing([old, new, tmp_path / "missing.png"]) == new
+    assert newest_existing([tmp_path / "missing.png"]) is None
+
+
+def test_folder_items_skip_the_output_folder_and_non_images(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    (tmp_path / "restored").mkdir()
+    (tmp_path / "restored" / "a.png").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jpg").write_bytes(b"")
+    assert folder_items(tmp_path, None) == [(tmp_path / "a.png", tmp_path / "restored" / "a.png")]
+    assert [o for _, o in folder_items(tmp_path, None, recursive=True)] == [
+        tmp_path / "restored" / "a.png", tmp_path / "restored" / "sub" / "b.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        folder_items(tmp_path / "empty", None)
+    with pytest.raises(ValueError, match="does not exist"):
+        folder_items(tmp_path / "nope", None)
+
+
+def test_report_names_the_first_failure():
+    r = QueueReport(restored=["a", "b"], failed=[("/r/f_0003.png", "corrupt")], restarts=1)
+    assert r.summary() == ("Splat Restore: 2 restored, 1 failed (engine restarted 1x). "
+                           "First failure: f_0003.png: corrupt")
+
+
+def test_venv_interpreters_are_found_on_every_platform(tmp_path):
+    win = tmp_path / "win" / ".venv" / "Scripts" / "python.exe"
+    posix = tmp_path / "posix" / ".venv" / "bin" / "python"
+    for p in (win, posix):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"")
+    assert find_venv_python(tmp_path / "win") == win
+    assert find_venv_python(tmp_path / "posix") == posix
+    assert find_venv_python(tmp_path) is None
+
+
+def test_engine_command_uses_the_given_interpreter():
+    s = EngineSettings(python=os.path.join("C:\\", "venv", "Scripts", "python.exe"), weights="w.safetensors",
+                       base="stabilityai/sd-turbo", device="cuda")
+    cmd = s.command()
+    assert cmd[:4] == [s.python, "-m", "engine", "serve"] and cmd[-2:] == ["--base", "stabilityai/sd-turbo"]
