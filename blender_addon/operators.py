@@ -195,11 +195,4 @@ class SPLATRESTORE_OT_stop_engine(bpy.types.Operator):
 CLASSES = (SPLATRESTORE_OT_restore_render, SPLATRESTORE_OT_restore_folder, SPLATRESTORE_OT_stop_engine)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -47,11 +47,4 @@ class SPLATRESTORE_PT_image(bpy.types.Panel):
 CLASSES = (SPLATRESTORE_PT_render, SPLATRESTORE_PT_image)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)
