@@ -19,6 +19,7 @@ BLENDER_VENV = ROOT / ".venv-blender"
 # torch 2.13.0 is pinned so that pip on this project's CI takes the CPU wheel it has on disk; on a user's machine the
 # same pin gives PyPI's CUDA (Linux, Windows) or MPS (macOS) build.
 TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
+MEDIAPIPE = "mediapipe==0.10.21"  # face landmarks offline (training data); see pyproject's training extra
 BPY = "bpy==5.0.1"  # Blender-as-a-module for tests; its wheel exists for CPython 3.11 only
 
 
@@ -31,31 +32,27 @@ def run(*cmd, **kw) -> None:
     subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def _stamp_ok(venv: Path, key: str) -> bool:
-    stamp = venv / ".splat-restore-stamp"
-    return stamp.is_file() and stamp.read_text() == key
-
-
-def _make_venv(venv: Path, packages: list[str], key_extra: str = "") -> None:
-    key = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + "|".join(packages).encode()
-                          + key_extra.encode())).hexdigest()
-    if _stamp_ok(venv, key):
+def _install(venv: Path, step: str, packages: list[str]) -> None:
+    """pip install `packages` into `venv` unless this step already ran with the same inputs (a stamp per step)."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + "|".join(packages).encode()).hexdigest()
+    stamp = venv / f".splat-restore-{step}"
+    if stamp.is_file() and stamp.read_text() == key:
         return
     if not venv_python(venv).exists():
         run(sys.executable, "-m", "venv", venv)
-    py = venv_python(venv)
-    run(py, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(py, "-m", "pip", "install", "--quiet", *packages)
-    (venv / ".splat-restore-stamp").write_text(key)
+        run(venv_python(venv), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(venv_python(venv), "-m", "pip", "install", "--quiet", *packages)
+    stamp.write_text(key)
 
 
 def setup(blender: bool = True) -> None:
-    _make_venv(ENGINE_VENV, [TORCH])  # first alone, so the project's torch>= range is already satisfied
-    _make_venv(ENGINE_VENV, [TORCH, "-e", f"{ROOT}[test]"], key_extra="project")
+    _install(ENGINE_VENV, "torch", [TORCH])  # first alone, so the project's torch>= range is already satisfied
+    _install(ENGINE_VENV, "project", [TORCH, "-e", f"{ROOT}[training,test]"])
+    _install(ENGINE_VENV, "mediapipe", ["--no-deps", MEDIAPIPE])
     if blender:
         if sys.version_info[:2] != (3, 11):
             sys.exit(f"{BPY} needs Python 3.11 for .venv-blender; run build.py with a 3.11 interpreter")
-        _make_venv(BLENDER_VENV, [BPY, "numpy", "pytest"])
+        _install(BLENDER_VENV, "bpy", [BPY, "numpy", "pytest"])
 
 
 def test(pytest_args: list[str]) -> int:

@@ -1,0 +1,195 @@
+"""Synthetic training pairs on real bundled faces: regions where they belong, damage where avatars fail, repeatable."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from training.cli import main
+from training.degrade import DEFAULT_STRENGTHS, degrade
+from training.face_regions import REGIONS, MediapipeParser, ParserUnavailable, SegformerParser, make_parser
+from training.prepare import square_crop
+
+pytest.importorskip("mediapipe")
+
+
+@pytest.fixture(scope="module")
+def faces():
+    from training.bundled_faces import bundled_faces
+
+    return bundled_faces()
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return MediapipeParser()
+
+
+@pytest.fixture(scope="module")
+def crops(faces, parser):
+    """Each face cropped and parsed the way `degrade` does it."""
+    out = {}
+    for name, img in faces.items():
+        crop = square_crop(img, parser.locate(img), 512)
+        out[name] = (crop, parser(crop))
+    return out
+
+
+def _centroid(mask):
+    ys, xs = np.nonzero(mask)
+    return xs.mean(), ys.mean()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_regions_land_where_they_should(crops, name):
+    _, regions = crops[name]
+    assert regions.found
+    x, y, w, h = regions.box
+    centres = {r: _centroid(regions.masks[r]) for r in ("eyes", "nose", "mouth")}
+    assert centres["eyes"][1] < centres["nose"][1] < centres["mouth"][1]
+    for cx, cy in centres.values():
+        assert x <= cx <= x + w and y <= cy <= y + h
+    assert _centroid(regions.masks["hair"])[1] < centres["eyes"][1]  # hair sits above the eyes
+    stacked = np.stack([regions.masks[r] for r in REGIONS]).sum(0)
+    assert stacked.max() == 1  # regions are disjoint
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_damage_is_strongest_in_the_mouth_and_weakest_on_skin(crops, name):
+    crop, regions = crops[name]
+    degraded, weight, _ = degrade(crop, regions.masks, seed=3, face_size=max(regions.box[2:]))
+    applied = {r: weight[regions.masks[r]].mean() for r in REGIONS}
+    changed = {r: np.abs(degraded.astype(int) - crop)[regions.masks[r]].mean() for r in REGIONS}
+    assert max(applied, key=applied.get) == "mouth" and min(applied, key=applied.get) == "skin"
+    assert changed["mouth"] > 2 * changed["skin"]
+    assert applied["mouth"] <= DEFAULT_STRENGTHS["mouth"] + 1e-6
+
+
+def test_damage_is_patchy_not_uniform(crops):
+    crop, regions = crops["astronaut"]
+    _, weight, _ = degrade(crop, regions.masks, seed=5, face_size=max(regions.box[2:]))
+    hair = weight[regions.masks["hair"]]
+    assert hair.std() > 0.05 and hair.max() - hair.min() > 0.25
+
+
+def test_same_seed_same_pair_and_parameters_recorded(crops):
+    crop, regions = crops["grace_hopper"]
+    a, wa, pa = degrade(crop, regions.masks, seed=11)
+    b, wb, pb = degrade(crop, regions.masks, seed=11)
+    c, _, _ = degrade(crop, regions.masks, seed=12)
+    assert np.array_equal(a, b) and np.array_equal(wa, wb) and pa == pb
+    assert not np.array_equal(a, c)
+    assert json.loads(json.dumps(pa))["seed"] == 11 and "blur" in pa and "clump_length" in pa
+
+
+def test_no_face_is_reported_not_hidden(parser):
+    noise = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    assert parser.locate(noise) is None and not parser(noise).found
+
+
+@pytest.fixture(scope="module")
+def pair_run(faces, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    src = root / "clean"
+    src.mkdir()
+    cv2.imwrite(str(src / "astronaut.png"), cv2.cvtColor(faces["astronaut"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(src / "grace.jpg"), cv2.cvtColor(faces["grace_hopper"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(src / "gray_grace.png"), cv2.cvtColor(faces["grace_hopper"], cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(src / "wall.png"), np.full((200, 300, 3), 128, np.uint8))
+    cv2.imwrite(str(src / "tiny.png"), np.zeros((20, 20, 3), np.uint8))
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = root / "out"
+    code = main(["degrade", str(src), "-o", str(out), "--size", "256", "--test-count", "1", "--seed", "7"])
+    return src, out, code
+
+
+def test_degrade_command_writes_pairs_manifest_and_contact_sheet(pair_run):
+    _, out, code = pair_run
+    assert code == 1  # some inputs failed, and the command says so
+    names = sorted(p.name for p in (out / "clean").iterdir())
+    assert names == ["astronaut.png", "grace.png", "gray_grace.png", "wall.png"]
+    for folder in ("degraded", "mask"):
+        assert sorted(p.name for p in (out / folder).iterdir()) == names
+    assert cv2.imread(str(out / "degraded" / "grace.png")).shape == (256, 256, 3)
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and sum(r["split"] == "test" for r in records) == 1
+    ok = [r for r in records if r["status"] == "ok"]
+    assert {r["name"] for r in ok} == {"astronaut.png", "grace.jpg", "gray_grace.png"}
+    assert all(r["params"]["seed"] and r["parser"] == "mediapipe" for r in ok)
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[1] == 3 * 256 and sheet.shape[0] == 4 * 256
+
+
+def test_faces_not_found_and_bad_files_are_listed(pair_run):
+    _, out, _ = pair_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["no_face"] == ["wall.png"]
+    assert set(summary["failed"]) == {"tiny.png", "corrupt.png"}
+    assert "too small" in summary["failed"]["tiny.png"] and "corrupt.png" in summary["failed"]["corrupt.png"]
+
+
+def test_workers_do_not_change_the_pairs(pair_run, tmp_path):
+    src, out, _ = pair_run
+    main(["degrade", str(src), "-o", str(tmp_path / "w2"), "--size", "256", "--test-count", "1", "--seed", "7",
+          "--workers", "2", "--no-face", "skip"])
+    for name in ("astronaut.png", "grace.png"):
+        assert np.array_equal(cv2.imread(str(out / "degraded" / name)),
+                              cv2.imread(str(tmp_path / "w2" / "degraded" / name)))
+    assert not (tmp_path / "w2" / "clean" / "wall.png").exists()  # --no-face skip
+    summary = json.loads((tmp_path / "w2" / "summary.json").read_text())
+    assert summary["no_face"] == ["wall.png"]
+
+
+def test_missing_folder_is_a_usage_error(tmp_path, capsys):
+    assert main(["degrade", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_none_parser_degrades_the_whole_image():
+    parser, note = make_parser("none")
+    img = np.zeros((64, 64, 3), np.uint8)
+    assert parser(img).masks["skin"].all() and "one region" in note
+
+
+def test_segformer_backend_runs_from_a_local_folder(tmp_path):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from training.face_regions import CELEBAMASK_CLASSES
+
+    cfg = SegformerConfig(num_labels=19, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                          num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16,
+                          id2label=dict(enumerate(CELEBAMASK_CLASSES)))
+    SegformerForSemanticSegmentation(cfg).save_pretrained(tmp_path / "seg")
+    parser, note = make_parser("auto", str(tmp_path / "seg"))
+    assert parser.name == "segformer" and "segformer" in note
+    regions = parser(np.zeros((100, 80, 3), np.uint8))
+    assert set(regions.masks) == set(REGIONS) and regions.masks["skin"].shape == (100, 80)
+
+
+def test_segformer_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ParserUnavailable, match="huggingface-cli download"):
+        SegformerParser(str(tmp_path / "missing"))
+    parser, note = make_parser("auto", str(tmp_path / "missing"))
+    assert parser.name == "mediapipe" and "no face-parsing Segformer" in note
+
+
+def test_check_pairs_reports_partners_and_sizes(tmp_path, capsys):
+    from training.pairs import validate_pairs
+
+    for sub in ("degraded", "clean"):
+        (tmp_path / sub).mkdir()
+    img = np.zeros((32, 32, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "degraded" / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "clean" / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "degraded" / "b.png"), img)
+    cv2.imwrite(str(tmp_path / "clean" / "c.png"), img)
+    cv2.imwrite(str(tmp_path / "degraded" / "d.png"), img)
+    cv2.imwrite(str(tmp_path / "clean" / "d.png"), np.zeros((16, 32, 3), np.uint8))
+    report = validate_pairs(tmp_path)
+    assert len(report.pairs) == 1 and report.missing_clean == ["b"] and report.missing_degraded == ["c"]
+    assert report.size_mismatch == [("d", (32, 32), (32, 16))]
+    assert main(["check-pairs", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "b" in out and "size mismatch d" in out
+    assert main(["check-pairs", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,1 @@
+"""Splat Restore training: synthetic Gaussian-splat degradation, paired datasets, fine-tuning, evaluation."""
