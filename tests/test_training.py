@@ -141,3 +141,10 @@ def test_missing_vgg_weights_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(perceptual.VGGWeightsMissing, match="--vgg-weights"):
         perceptual.PerceptualLoss()
+
+
+def test_step_benchmark_runs_and_prints_its_table(tiny_base, capsys):
+    assert main(["bench-step", "--base", str(tiny_base), "--device", "cpu", "--size", "64", "--steps", "1",
+                 "--batches", "1,2", "--mixed-precision", "no"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/step" in out and len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 4

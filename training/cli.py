@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="comparison grid PNG (degraded | restored | clean)")
     p.add_argument("-o", "--output", default=None, help="write the JSON here too")
 
+    p = sub.add_parser("bench-step", help="ms per training step and peak memory, full size, random weights")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--base", default=None, help="a diffusers folder instead of random SD-Turbo-size weights")
+    p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("check-pairs", help="validate a degraded/ + clean/ pair folder")
     p.add_argument("pairs_dir")
 
@@ -157,7 +166,16 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = {"degrade": cmd_degrade, "train": cmd_train, "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
+def cmd_bench_step(a) -> int:
+    from .bench_step import bench_step, print_rows
+
+    rows = bench_step(tuple(int(b) for b in a.batches.split(",")), a.size, a.steps, a.device, base=a.base,
+                      mixed_precision=a.mixed_precision)
+    print(json.dumps(rows)) if a.json else print_rows(rows)
+    return 0
+
+
+COMMANDS = {"degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
 
 
 def main(argv=None) -> int:
