@@ -25,6 +25,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
                    help="auto: fp16 on GPUs, fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
+    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
+                   help="torch.compile the model (auto: on CUDA only; the first frame of each size compiles)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VAE LoRA on encoder and decoder (the recipe) or the decoder only")
     p.add_argument("--rank-unet", type=int, default=16)
     p.add_argument("--rank-vae", type=int, default=8)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench", help="reference recipe vs the engine's fast path, same process, same inputs")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", default=None)
+    src.add_argument("--random-weights", action="store_true", help="random weights at full size (the default)")
+    p.add_argument("--arch", default="sd-turbo")
+    p.add_argument("--base", default=None, help="a diffusers folder instead of --arch (random LoRA on it)")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes; 'auto' picks from free memory")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench-protocol", help="time the stdio service's overhead per frame against in-process")
@@ -96,7 +112,7 @@ def cmd_restore(a) -> int:
         raise UsageError("--batch-size must be at least 1")
     started = time.perf_counter()
     restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
-                                        batch_size=a.batch_size, tile=a.tile)
+                                        batch_size=a.batch_size, tile=a.tile, compile=a.compile)
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -144,6 +160,15 @@ def cmd_import(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from .bench import bench, print_report
+
+    batches = [b if b == "auto" else int(b) for b in a.batch.split(",")]
+    r = bench(a.weights, a.base, a.arch, a.size, batches, a.device, a.dtype, a.compile, a.repeats)
+    print(json.dumps(r)) if a.json else print_report(r)
+    return 0
+
+
 def cmd_bench_protocol(a) -> int:
     from .bench_protocol import print_table, run
 
@@ -158,7 +183,7 @@ def cmd_serve(a) -> int:
     return serve(a)
 
 
-COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench-protocol": cmd_bench_protocol, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
+COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench, "bench-protocol": cmd_bench_protocol, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointInfo
+from .fastpath import optimize
 from .loading import load_restorer
 from .model import SplatRestorer
 from .tiling import blend_tiles, pad_to_multiple, plan_tiles
@@ -46,10 +47,12 @@ class Restorer:
     """A loaded restorer. `restore` takes float32 (H, W, 3) arrays in [0, 1] of any size and returns the same."""
 
     def __init__(self, model: SplatRestorer, info: CheckpointInfo | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 1, tile: int | None = None, overlap: int | None = None):
+                 dtype: str = "auto", batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
+                 compile: str = "auto"):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model = model.to(self.device, self.dtype).eval()
+        self.forward = optimize(self.model, self.device, compile)
         self.info = info
         self.batch_size = max(1, int(batch_size))
         # the size the model was trained at (512 for SD-Turbo): larger frames are tiled at that size
@@ -75,7 +78,9 @@ class Restorer:
     def run_model(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) float [0, 1], H and W multiples of 8 -> same shape, restored."""
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        y = self.model(x.to(self.dtype) * 2 - 1)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.forward(x.to(self.dtype) * 2 - 1)
         return ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
     def restore(self, images: Iterable[np.ndarray],

@@ -179,7 +179,7 @@ def serve(args) -> int:
 
     try:
         restorer = Restorer.from_pretrained(args.weights, args.base, device=args.device, dtype=args.dtype,
-                                            batch_size=args.batch_size, tile=args.tile)
+                                            batch_size=args.batch_size, tile=args.tile, compile=args.compile)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
     info = restorer.info
