@@ -114,8 +114,22 @@ class Service:
                     return
                 batch, owners = self._take_batch()
             if batch:
-                restore_group(self.restorer, batch, lambda o: self._record(owners[id(o.item)], o))
+                self._restore(batch, owners)
             self._finish_jobs()
+
+    def _restore(self, batch: list, owners: dict) -> None:
+        reported = set()
+
+        def report(o: Outcome):
+            reported.add(id(o.item))
+            self._record(owners[id(o.item)], o)
+        try:
+            restore_group(self.restorer, batch, report)
+        except Exception as e:  # a bug or a device fault must cost these frames, not the service
+            print(f"error: restoring {len(batch)} frames failed: {e!r}", file=sys.stderr)
+            for item in batch:
+                if id(item) not in reported:
+                    report(Outcome(item, "failed", f"{item.input}: engine error: {e}", Code.ENGINE_ERROR))
 
     def _take_batch(self):
         """Up to one batch of frames from the front of the queue; items decided without pixels are recorded."""

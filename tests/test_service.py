@@ -226,3 +226,30 @@ def test_protocol_benchmark_prints_its_table(tiny_weights):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "protocol overhead" in r.stdout and "% of model time" in r.stdout
+
+
+def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_path):
+    import io
+
+    from engine.service import Service
+
+    class Exploding:
+        batch_size = 2
+
+        def restore(self, images):
+            raise KeyError("simulated bug")
+
+        def describe(self):
+            return {}
+
+    out = io.BytesIO()
+    service = Service(Exploding(), out)
+    src = _image(tmp_path / "in.png")
+    service.handle_line(json.dumps({"id": 1, "op": "restore", "input": str(src), "output": str(tmp_path / "o.png")})
+                        .encode())
+    service.closing = True
+    service.work_loop()
+    answers = [json.loads(line) for line in out.getvalue().splitlines()]
+    final = [a for a in answers if a.get("id") == 1 and "ok" in a][0]
+    assert final["error"]["code"] == "engine_error" and "simulated bug" in final["error"]["message"]
+    assert not (tmp_path / "o.png").exists()
