@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -83,8 +83,7 @@ class Restorer:
         y = self.forward(x.to(self.dtype) * 2 - 1)
         return ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
-    def restore(self, images: Iterable[np.ndarray],
-                progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    def restore(self, images: Iterable[np.ndarray]) -> list[np.ndarray]:
         images = list(images)
         jobs = []  # (image index, tile or None, padded array)
         plans = {}
@@ -106,12 +105,13 @@ class Restorer:
                 chunk = indices[k:k + self.batch_size]
                 for j, out in zip(chunk, self.run_model(np.stack([jobs[j][2] for j in chunk]))):
                     outputs[j] = out
-                if progress:
-                    progress(len(chunk))
+        per_image = defaultdict(list)
+        for (i, tile, _), out in zip(jobs, outputs):
+            per_image[i].append((tile, out))
         results = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            mine = [(job[1], outputs[j]) for j, job in enumerate(jobs) if job[0] == i]
+            mine = per_image[i]
             if i in plans:
                 tiles, (ph, pw) = plans[i]
                 full = blend_tiles([t for t, _ in mine], [o for _, o in mine], ph, pw, self.overlap)
@@ -119,10 +119,3 @@ class Restorer:
                 full = mine[0][1]
             results.append(np.ascontiguousarray(full[:h, :w]))
         return results
-
-    def count_jobs(self, shape: tuple[int, int]) -> int:
-        """How many model inputs a frame of (H, W) becomes (for progress totals)."""
-        h, w = shape
-        if h <= self.tile and w <= self.tile:
-            return 1
-        return len(plan_tiles(-(-h // 8) * 8, -(-w // 8) * 8, self.tile, self.overlap))

@@ -1,5 +1,4 @@
 """`python -m engine restore`: folders in, same names out, failures named, exit codes, nothing half-written."""
-import os
 import subprocess
 import sys
 from pathlib import Path

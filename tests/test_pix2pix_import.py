@@ -1,5 +1,4 @@
 """Importing img2img-turbo checkpoints gives the same images as img2img-turbo's own forward on the same weights."""
-import pickle
 
 import pytest
 import torch
