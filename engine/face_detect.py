@@ -1,0 +1,132 @@
+"""Finding faces in a frame, offline: mediapipe's bundled detectors, then face-mesh landmarks for each face.
+
+The full-range detector sees faces down to about REACH of the square it looks at (measured on the bundled faces:
+found at 0.07, lost at 0.06), so a frame is first searched whole and then, for faces smaller than REACH of its long
+side, in overlapping square tiles just large enough to see `min_face`. Each face's landmarks come from the face
+mesh run on a crop around the detection, which also confirms it; a face the mesh cannot read (a profile, a face cut
+by the frame) is framed from the detector's eye keypoints instead, and reported as such.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .face_align import FaceFrame, frame_from_box, frame_from_landmarks
+
+REACH = 0.09  # smallest face side the full-range detector finds reliably, as a fraction of the searched square
+MESH_SIZE = 256  # crop the mesh reads; its own models work at 192 px
+
+
+class FaceDetectorUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class DetectedFace:
+    frame: FaceFrame
+    score: float
+    landmarks: np.ndarray | None  # (468, 2) image coordinates, or None when framed from the detector alone
+
+    @property
+    def size(self) -> float:
+        return self.frame.side / 2.0  # the crop is FACE_MARGIN (2) face sides wide
+
+
+def scan_squares(width: int, height: int, min_face: int) -> list[tuple[int, int, int]]:
+    """(x, y, side) of the squares to search: the whole frame, then tiles if small faces could be missed."""
+    squares = [(0, 0, max(width, height))]
+    side = int(math.ceil(min_face / REACH))
+    if side >= max(width, height):
+        return squares
+    side = min(side, min(width, height))
+    overlap = side // 4  # at least a face the whole-frame pass cannot see fits in one tile
+    for y in _starts(height, side, overlap):
+        for x in _starts(width, side, overlap):
+            squares.append((x, y, side))
+    return squares
+
+
+def _starts(length: int, side: int, overlap: int) -> list[int]:
+    if side >= length:
+        return [0]
+    n = math.ceil((length - side) / (side - overlap)) + 1
+    return [round(i * (length - side) / (n - 1)) for i in range(n)]
+
+
+def _iou(a: FaceFrame, b: FaceFrame) -> float:
+    ra, rb = a.side / 2, b.side / 2
+    ix = max(0.0, min(a.cx + ra, b.cx + rb) - max(a.cx - ra, b.cx - rb))
+    iy = max(0.0, min(a.cy + ra, b.cy + rb) - max(a.cy - ra, b.cy - rb))
+    inter = ix * iy
+    return inter / (a.side ** 2 + b.side ** 2 - inter)
+
+
+class FaceDetector:
+    """Not thread-safe (mediapipe graphs are not): one per worker."""
+
+    def __init__(self, min_face: int = 72, min_score: float = 0.5):
+        try:
+            import mediapipe as mp
+        except ImportError as e:
+            raise FaceDetectorUnavailable(
+                f"face detection needs mediapipe, which is not installed ({e}); `python build.py setup` installs "
+                f"it, or restore whole frames with --faces off") from None
+        self.min_face, self.min_score = int(min_face), float(min_score)
+        solutions = mp.solutions
+        self._full = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
+        self._short = solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_score)
+        self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                                                  min_detection_confidence=min_score)
+        self._person = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
+        """Faces in an (H, W, 3) uint8 RGB frame, largest first."""
+        h, w = rgb8.shape[:2]
+        candidates = []
+        for k, (x, y, side) in enumerate(scan_squares(w, h, self.min_face)):
+            candidates += self._detections(self._full, rgb8[y:y + side, x:x + side], x, y)
+            if k == 0 and not candidates:  # a face filling the frame can escape the full-range model
+                candidates += self._detections(self._short, rgb8, 0, 0)
+        candidates.sort(key=lambda c: -c[1])
+        faces: list[DetectedFace] = []
+        for frame, score, eyes in candidates:
+            if any(_iou(frame, f.frame) > 0.3 for f in faces):
+                continue
+            face = self._landmarks(rgb8, frame, score, eyes)
+            if face.size >= self.min_face and not any(_iou(face.frame, f.frame) > 0.3 for f in faces):
+                faces.append(face)
+        return sorted(faces, key=lambda f: -f.frame.side)
+
+    @staticmethod
+    def _detections(model, square: np.ndarray, x0: int, y0: int) -> list:
+        result = model.process(np.ascontiguousarray(square))
+        sh, sw = square.shape[:2]
+        out = []
+        for d in result.detections or []:
+            b = d.location_data.relative_bounding_box
+            kp = d.location_data.relative_keypoints  # right eye, left eye (the subject's), nose, mouth, ears
+            eyes = np.array([[kp[1].x * sw + x0, kp[1].y * sh + y0], [kp[0].x * sw + x0, kp[0].y * sh + y0]])
+            eyes = eyes[np.argsort(eyes[:, 0])] if abs(eyes[1, 0] - eyes[0, 0]) > 1e-6 else eyes
+            angle = math.atan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0])
+            box = (b.xmin * sw + x0, b.ymin * sh + y0, b.width * sw, b.height * sh)
+            out.append((frame_from_box(box, angle), float(d.score[0]), eyes))
+        return out
+
+    def _landmarks(self, rgb8: np.ndarray, guess: FaceFrame, score: float, eyes) -> DetectedFace:
+        look = FaceFrame(guess.cx, guess.cy, guess.side * 1.1, guess.angle)
+        crop = look.crop(rgb8, MESH_SIZE)
+        result = self._mesh.process(crop)
+        if not result.multi_face_landmarks:
+            return DetectedFace(guess, score, None)
+        pts = np.array([[p.x * MESH_SIZE - 0.5, p.y * MESH_SIZE - 0.5] for p in result.multi_face_landmarks[0].landmark],
+                       np.float64)
+        back = look.to_image(MESH_SIZE)
+        xy = pts @ back[:, :2].T + back[:, 2] + 0.5  # pixel indices -> continuous image coordinates
+        return DetectedFace(frame_from_landmarks(xy), score, xy.astype(np.float32))
+
+    def person(self, crop_rgb8: np.ndarray) -> np.ndarray:
+        """Person-segmentation probabilities for a face crop: lets the paste mask follow the hair."""
+        return self._person.process(crop_rgb8).segmentation_mask
