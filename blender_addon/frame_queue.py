@@ -83,9 +83,15 @@ class QueueReport:
     failed: list = field(default_factory=list)  # (frame, reason)
     cancelled: int = 0
     restarts: int = 0
+    faces: int = 0
+    no_face: list = field(default_factory=list)  # frames passed through unchanged: no face found
 
     def summary(self) -> str:
         text = f"Splat Restore: {len(self.restored)} restored, {len(self.failed)} failed"
+        if self.faces or self.no_face:
+            text += f", {self.faces} faces"
+        if self.no_face:
+            text += f", {len(self.no_face)} frames without a face left unchanged"
         if self.cancelled:
             text += f", {self.cancelled} cancelled"
         if self.restarts:
@@ -97,22 +103,21 @@ class QueueReport:
 
 
 class FrameQueue:
-    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1):
-        self.manager, self.settings, self.max_restarts = manager, settings, max_restarts
+    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto"):
+        self.manager, self.settings, self.max_restarts, self.faces = manager, settings, max_restarts, faces
         self.pending: list = []  # (src, dst, Request)
         self.report = QueueReport()
 
     def submit(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
         """Hand one written frame to the engine; returns at once (the first call may wait for the engine to load)."""
         src, dst = str(src), str(dst)
+        options = {"overwrite": True, "in_place": os.path.normcase(src) == os.path.normcase(dst), "faces": self.faces}
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            request = self._client().restore([(src, dst)], overwrite=True,
-                                             in_place=os.path.normcase(src) == os.path.normcase(dst))
+            request = self._client().restore([(src, dst)], **options)
         except EngineDied:  # it died between two frames: one restart, then this frame again
             try:
-                request = self._client().restore([(src, dst)], overwrite=True,
-                                                 in_place=os.path.normcase(src) == os.path.normcase(dst))
+                request = self._client().restore([(src, dst)], **options)
             except EngineError as e:
                 self.report.failed.append((src, str(e)))
                 return
@@ -142,8 +147,12 @@ class FrameQueue:
             lost = []
             for src, dst, request in batch:
                 try:
-                    request.wait(timeout)
+                    result = request.wait(timeout)
                     self.report.restored.append(dst)
+                    for item in result.get("items", []):
+                        self.report.faces += len(item.get("faces", []))
+                        if item.get("note"):
+                            self.report.no_face.append((src, item["note"]))
                 except EngineDied:
                     lost.append((src, dst))
                 except EngineError as e:

@@ -29,7 +29,7 @@ def on_render_init(scene, *_):
         RenderState.last_report = RenderState.refusal
         _log(RenderState.refusal)
         return
-    RenderState.queue = FrameQueue(MANAGER, engine_settings())
+    RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=scene.splat_restore.faces)
 
 
 @persistent

@@ -141,21 +141,32 @@ class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
         folder = Path(tempfile.mkdtemp(prefix="splat_restore_"))
         self._src, self._dst = folder / "render.png", folder / "restored.png"
         save_render_png(context.scene, self._src)
-        return lambda client: client.restore([(self._src, self._dst)], overwrite=True)
+        faces = context.scene.splat_restore.faces
+        return lambda client: client.restore([(self._src, self._dst)], overwrite=True, faces=faces)
 
     def finish(self, context, result):
-        image = bpy.data.images.get(RESTORED_IMAGE)
-        if image is not None:
-            bpy.data.images.remove(image)
-        image = bpy.data.images.load(str(self._dst), check_existing=False)
-        image.name = RESTORED_IMAGE
-        image.pack()  # the temporary file may go; the result stays with the .blend
+        item = (result.get("items") or [{}])[0]
+        images = [(f"{RESTORED_IMAGE} Face {k}", path) for k, path in enumerate(item.get("crops", []))]
+        if not images and self._dst.is_file():  # only-crops mode writes crops, not the frame
+            images = [(RESTORED_IMAGE, str(self._dst))]
+        shown = None
+        for name, path in images:
+            old = bpy.data.images.get(name)
+            if old is not None:
+                bpy.data.images.remove(old)
+            image = bpy.data.images.load(path, check_existing=False)
+            image.name = name
+            image.pack()  # the temporary file may go; the result stays with the .blend
+            shown = shown or image
         screen = context.screen
-        for area in (screen.areas if screen else []):
+        for area in (screen.areas if screen and shown else []):
             if area.type == "IMAGE_EDITOR":
-                area.spaces.active.image = image
+                area.spaces.active.image = shown
                 break
-        self.report({"INFO"}, "Splat Restore: render restored")
+        faces = len(item.get("faces", []))
+        detail = item.get("note") or (f"{faces} face{'s' if faces != 1 else ''}" if item.get("mode") == "faces"
+                                      else "whole frame")
+        self.report({"INFO"}, f"Splat Restore: render restored ({detail})")
         return {"FINISHED"}
 
 
@@ -175,10 +186,15 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
         for _, out in items:
             out.parent.mkdir(parents=True, exist_ok=True)
         self._count = len(items)
-        return lambda client: client.restore(items, overwrite=True)
+        faces = context.scene.splat_restore.faces
+        return lambda client: client.restore(items, overwrite=True, faces=faces)
 
     def finish(self, context, result):
-        self.report({"INFO"}, f"Splat Restore: {result.get('restored', 0)} of {self._count} renders restored")
+        items = result.get("items", [])
+        no_face = sum(1 for i in items if i.get("note"))
+        faces = sum(len(i.get("faces", [])) for i in items)
+        extra = f" ({faces} faces, {no_face} without a face left unchanged)" if faces or no_face else ""
+        self.report({"INFO"}, f"Splat Restore: {result.get('restored', 0)} of {self._count} renders restored{extra}")
         return {"FINISHED"}
 
 

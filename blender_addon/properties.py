@@ -10,6 +10,14 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
         name="In Place", default=False, description="Replace the written frames instead of writing copies")
     folder: bpy.props.StringProperty(
         name="Folder", default="restored", description="Sibling folder of the output for restored frames")
+    faces: bpy.props.EnumProperty(
+        name="Faces", default="auto",
+        items=[("auto", "Faces", "In frames larger than the model (512 px), restore each face and leave the rest "
+                                 "untouched; smaller frames are restored whole"),
+               ("off", "Whole Frame", "Restore the whole frame, tiled at the model's size"),
+               ("only-crops", "Face Crops", "Write each restored face crop (NAME_face0.png, ...) instead of the "
+                                            "frame, to inspect them")],
+        description="How frames are restored")
 
 
 def register():

@@ -8,6 +8,7 @@ def _draw(layout, context):
     settings = context.scene.splat_restore
     layout.operator("splat_restore.restore_render", icon="IMAGE")
     layout.operator("splat_restore.restore_folder", icon="FILE_FOLDER")
+    layout.prop(settings, "faces")
     layout.prop(settings, "auto_restore")
     sub = layout.column()
     sub.enabled = settings.auto_restore

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from blender_addon.engine_link.protocol import FACE_MODES
+
 from . import __version__
 from .base import DEFAULT_BASE, BaseModelError
 from .checkpoint import CheckpointError
@@ -27,6 +29,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
     p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
                    help="torch.compile the model (auto: on CUDA only; the first frame of each size compiles)")
+    p.add_argument("--min-face", type=int, default=72,
+                   help="smallest face side in pixels that face-aware restore looks for (smaller: slower search)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None,
                    help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders of input folders")
+    p.add_argument("--faces", choices=list(FACE_MODES), default="auto",
+                   help="auto: in frames larger than the model, restore each face and leave the rest untouched "
+                        "(smaller frames are restored whole); off: the whole frame, tiled; only-crops: write each "
+                        "restored face crop as NAME_face<k> instead of the frame")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
     g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
 
-    p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout")
+    p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout "
+                                      "(faces mode per request)")
     _add_runtime_args(p)
     p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
 
@@ -95,10 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_restore(a) -> int:
     from tqdm import tqdm
 
+    from .face_restore import FrameRestorer
     from .jobs import collect_items, restore_items
     from .runtime import Restorer
 
     items = collect_items(a.inputs, a.output, a.recursive)
+    for item in items:
+        item.faces, item.overwrite = a.faces, a.overwrite
     if not items:
         raise UsageError(f"no images found in {', '.join(a.inputs)}"
                          + ("" if a.recursive else " (subfolders need --recursive)"))
@@ -110,21 +122,31 @@ def cmd_restore(a) -> int:
         return 1
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if a.min_face < 8:
+        raise UsageError("--min-face must be at least 8 pixels")
     started = time.perf_counter()
     restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)
+    frames = FrameRestorer(restorer, a.min_face)
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
+    faces = no_face = 0
     with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar:
         def on_outcome(o):
+            nonlocal faces, no_face
             counts[o.status] += 1
+            faces += len(o.faces)
             if o.status == "failed":
                 bar.write(f"failed: {o.reason}", file=sys.stderr)
+            elif o.note:
+                no_face += 1
+                bar.write(f"{o.item.input}: {o.note}", file=sys.stderr)
             bar.update(1)
-        restore_items(restorer, items, a.skip_existing, a.overwrite, on_outcome=on_outcome)
+        restore_items(frames, items, a.skip_existing, a.overwrite, on_outcome=on_outcome)
     took = time.perf_counter() - loaded
     per = took / counts["restored"] if counts["restored"] else 0.0
-    print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']} -> {outdir} "
+    found = f", {faces} faces ({no_face} frames without one)" if faces or no_face else ""
+    print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']}{found} -> {outdir} "
           f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
     return 1 if counts["failed"] else 0
 

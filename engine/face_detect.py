@@ -8,7 +8,10 @@ by the frame) is framed from the detector's eye keypoints instead, and reported 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -22,6 +25,20 @@ MESH_SIZE = 256  # crop the mesh reads; its own models work at 192 px
 
 class FaceDetectorUnavailable(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 itself: mediapipe's C++ logging bypasses Python and ignores GLOG_* variables."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass
@@ -76,11 +93,16 @@ class FaceDetector:
                 f"it, or restore whole frames with --faces off") from None
         self.min_face, self.min_score = int(min_face), float(min_score)
         solutions = mp.solutions
-        self._full = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
-        self._short = solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_score)
-        self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                                                  min_detection_confidence=min_score)
-        self._person = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        with _quiet_stderr():  # building and first running each graph logs C++ warnings that alarm users
+            self._full = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
+            self._short = solutions.face_detection.FaceDetection(model_selection=0,
+                                                                 min_detection_confidence=min_score)
+            self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                                      refine_landmarks=False, min_detection_confidence=min_score)
+            self._person = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            blank = np.zeros((64, 64, 3), np.uint8)
+            for graph in (self._full, self._short, self._mesh, self._person):
+                graph.process(blank)
 
     def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB frame, largest first."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .face_align import blend_mask, paste_changes
+from blender_addon.engine_link.protocol import FACE_MODES as MODES
 
-MODES = ("auto", "off", "only-crops")
+from .face_align import blend_mask, paste_changes
 
 
 @dataclass

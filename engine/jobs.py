@@ -7,13 +7,13 @@ explicitly allows writing over them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from blender_addon.engine_link.protocol import Code
 
-from .images import ImageError, is_image_path, read_image, write_image
+from .images import Frame, ImageError, is_image_path, read_image, write_image
 
 BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGINE_ERROR
 
@@ -22,6 +22,8 @@ BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGI
 class Item:
     input: Path
     output: Path
+    faces: str = "auto"  # face_restore.MODES
+    overwrite: bool = False  # only-crops mode: whether crops from an earlier run may be replaced
 
 
 @dataclass
@@ -30,13 +32,20 @@ class Outcome:
     status: str  # "restored", "skipped" or "failed"
     reason: str = ""
     code: str = ""  # for failures: the protocol's bad_input / bad_output / engine_error
+    mode: str = ""  # how a restored frame was done: "whole" or "faces"
+    faces: list = field(default_factory=list)  # face_restore.FaceReport dicts
+    crops: list = field(default_factory=list)  # paths written in only-crops mode
+    note: str = ""  # e.g. no face found: the frame was passed through unchanged
 
     def to_dict(self) -> dict:
         d = {"input": str(self.item.input), "output": str(self.item.output), "status": self.status}
-        if self.reason:
-            d["reason"] = self.reason
-        if self.code:
-            d["code"] = self.code
+        for key in ("reason", "code", "mode", "note"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.mode == "faces":
+            d["faces"] = self.faces
+        if self.crops:
+            d["crops"] = [str(c) for c in self.crops]
         return d
 
 
@@ -78,6 +87,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 def check_item(item: Item, skip_existing: bool, overwrite: bool, allow_in_place: bool = False) -> Outcome | None:
     """The outcome decided without touching pixels (skip or refuse), else None."""
+    if item.faces == "only-crops":  # the frame's own output is not written; its crops are checked when written
+        return None
     if same_file(item.input, item.output) and not allow_in_place:
         return Outcome(item, "failed", f"{item.output}: output is the input file itself; inputs are never "
                                        f"overwritten unless in-place is asked for explicitly", BAD_OUTPUT)
@@ -90,36 +101,57 @@ def check_item(item: Item, skip_existing: bool, overwrite: bool, allow_in_place:
     return None
 
 
-def restore_group(restorer, items: list[Item], report: Callable[[Outcome], None]) -> None:
-    """Read, restore together and write one group of frames (at most a batch); each item reported once."""
-    frames = []
+def crop_path(output: Path, index: int) -> Path:
+    """Where only-crops mode writes a frame's face `index`: beside the frame's output, numbered."""
+    return output.with_name(f"{output.stem}_face{index}{output.suffix}")
+
+
+def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) -> None:
+    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once."""
+    loaded = []
     for item in items:
         try:
-            frames.append((item, read_image(item.input)))
+            loaded.append((item, read_image(item.input)))
         except ImageError as e:
             report(Outcome(item, "failed", str(e), BAD_INPUT))
-    if not frames:
+    if not loaded:
         return
     try:
-        restored = restorer.restore([f.rgb for _, f in frames])
-    except RuntimeError as e:  # out of memory and friends: these frames fail, the rest carry on
-        for item, _ in frames:
+        results = frames.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
+    except RuntimeError as e:  # out of memory, no face detector and friends: these frames fail, the rest carry on
+        for item, _ in loaded:
             report(Outcome(item, "failed", f"{item.input}: restorer failed: {str(e).splitlines()[0]}", ENGINE_ERROR))
         return
-    for (item, frame), rgb in zip(frames, restored):
+    for (item, frame), result in zip(loaded, results):
+        done = Outcome(item, "restored", mode=result.mode, faces=[f.to_dict() for f in result.faces],
+                       note=result.note)
         try:
             item.output.parent.mkdir(parents=True, exist_ok=True)
-            write_image(item.output, frame, rgb)
-            report(Outcome(item, "restored"))
+            if result.rgb is not None:
+                write_image(item.output, frame, result.rgb)
+            else:
+                done.crops = _write_crops(item, frame, result.crops)
+            report(done)
         except ImageError as e:
             report(Outcome(item, "failed", str(e), BAD_OUTPUT))
         except OSError as e:
             report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT))
 
 
-def restore_items(restorer, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
+def _write_crops(item: Item, frame: Frame, crops: list) -> list[Path]:
+    paths = [crop_path(item.output, k) for k in range(len(crops))]
+    clash = [p for p in paths if p.exists() and not item.overwrite]
+    if clash:
+        raise ImageError(clash[0], "already exists (pass --overwrite to replace earlier crops)")
+    plain = Frame(frame.rgb, None, frame.bit_depth, frame.format, frame.grayscale)  # crops carry no alpha
+    for path, crop in zip(paths, crops):
+        write_image(path, plain, crop)
+    return paths
+
+
+def restore_items(frames, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
                   allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Restore `items` in groups of the restorer's batch size."""
+    """Restore `items` with a face_restore.FrameRestorer in groups of its batch size."""
     outcomes = []
 
     def report(o: Outcome):
@@ -134,6 +166,6 @@ def restore_items(restorer, items: list[Item], skip_existing: bool = False, over
             report(decided)
         else:
             pending.append(item)
-    for k in range(0, len(pending), restorer.batch_size):
-        restore_group(restorer, pending[k:k + restorer.batch_size], report)
+    for k in range(0, len(pending), frames.batch_size):
+        restore_group(frames, pending[k:k + frames.batch_size], report)
     return outcomes

@@ -32,6 +32,8 @@ class RestoreJob:
 
 
 class Service:
+    """`restorer`: a face_restore.FrameRestorer (restore(images, modes), batch_size, describe())."""
+
     def __init__(self, restorer, out, model_info: dict | None = None):
         self.restorer, self.out = restorer, out
         self.model_info = model_info or {}
@@ -94,7 +96,7 @@ class Service:
             self.enqueue(request_id, params)
 
     def enqueue(self, request_id, params: dict) -> None:
-        items = deque(Item(Path(i), Path(o)) for i, o in params["items"])
+        items = deque(Item(Path(i), Path(o), params["faces"], params["overwrite"]) for i, o in params["items"])
         options = {k: params[k] for k in protocol.RESTORE_OPTIONS}
         with self.cond:
             if any(j.id == request_id for j in self.jobs):
@@ -183,6 +185,7 @@ def serve(args) -> int:
     sys.stdout = sys.stderr
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
+    from .face_restore import FrameRestorer
     from .runtime import Restorer
 
     def ready_failure(message: str) -> int:
@@ -197,7 +200,7 @@ def serve(args) -> int:
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
     info = restorer.info
-    service = Service(restorer, protocol_out, {"weights": str(args.weights), "base": info.base,
+    service = Service(FrameRestorer(restorer, args.min_face), protocol_out, {"weights": str(args.weights), "base": info.base,
                                                "source": info.source, "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)

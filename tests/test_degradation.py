@@ -8,7 +8,7 @@ import pytest
 from training.cli import main
 from training.degrade import DEFAULT_STRENGTHS, degrade
 from training.face_regions import REGIONS, MediapipeParser, ParserUnavailable, SegformerParser, make_parser
-from training.prepare import square_crop
+from training.prepare import face_crop
 
 pytest.importorskip("mediapipe")
 
@@ -30,7 +30,7 @@ def crops(faces, parser):
     """Each face cropped and parsed the way `degrade` does it."""
     out = {}
     for name, img in faces.items():
-        crop = square_crop(img, parser.locate(img), 512)
+        crop = face_crop(img, parser.locate(img), 512)
         out[name] = (crop, parser(crop))
     return out
 
@@ -57,9 +57,12 @@ def test_regions_land_where_they_should(crops, name):
 @pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
 def test_damage_is_strongest_in_the_mouth_and_weakest_on_skin(crops, name):
     crop, regions = crops[name]
-    degraded, weight, _ = degrade(crop, regions.masks, seed=3, face_size=max(regions.box[2:]))
-    applied = {r: weight[regions.masks[r]].mean() for r in REGIONS}
-    changed = {r: np.abs(degraded.astype(int) - crop)[regions.masks[r]].mean() for r in REGIONS}
+    applied, changed = {r: 0.0 for r in REGIONS}, {r: 0.0 for r in REGIONS}
+    for seed in range(4):  # the variation masks are random by design: compare averages, not one draw
+        degraded, weight, _ = degrade(crop, regions.masks, seed=seed, face_size=max(regions.box[2:]))
+        for r in REGIONS:
+            applied[r] += weight[regions.masks[r]].mean() / 4
+            changed[r] += np.abs(degraded.astype(int) - crop)[regions.masks[r]].mean() / 4
     assert max(applied, key=applied.get) == "mouth" and min(applied, key=applied.get) == "skin"
     assert changed["mouth"] > 2 * changed["skin"]
     assert applied["mouth"] <= DEFAULT_STRENGTHS["mouth"] + 1e-6

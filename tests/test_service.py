@@ -236,7 +236,7 @@ def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_
     class Exploding:
         batch_size = 2
 
-        def restore(self, images):
+        def restore(self, images, modes):
             raise KeyError("simulated bug")
 
         def describe(self):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from engine.face_align import FaceFrame, frame_from_box, frame_from_landmarks
+
 REGIONS = ("mouth", "eyes", "hair", "nose", "skin")
 SEGFORMER_DEFAULT = "jonathandinu/face-parsing"
 # CelebAMask-HQ label order used by the public face-parsing Segformer checkpoints
@@ -107,13 +109,10 @@ class MediapipeParser:
                                                      refine_landmarks=True, min_detection_confidence=0.5)
         self._person = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
-    def locate(self, image: np.ndarray) -> tuple | None:
-        """The face box (x, y, w, h) from the landmarks alone: cheaper than a full parse."""
+    def locate(self, image: np.ndarray) -> FaceFrame | None:
+        """The face's crop square from the landmarks alone: cheaper than a full parse."""
         xy = self.landmarks(image)
-        if xy is None:
-            return None
-        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
-        return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+        return None if xy is None else frame_from_landmarks(xy)
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         result = self._mesh.process(image)
@@ -184,8 +183,9 @@ class SegformerParser:
         self.torch, self.device = torch, device
         self.model.to(device).eval()
 
-    def locate(self, image: np.ndarray) -> tuple | None:
-        return self(image).box
+    def locate(self, image: np.ndarray) -> FaceFrame | None:
+        box = self(image).box
+        return None if box is None else frame_from_box(box)
 
     def __call__(self, image: np.ndarray) -> FaceRegions:
         torch = self.torch

@@ -1,6 +1,6 @@
 """`python -m training degrade`: clean face images -> paired clean / degraded / mask images, a manifest, a contact sheet.
 
-Each image is cropped square around its face (the same framing for every image), parsed into regions at the final
+Each image is cropped square around its face (eyes level, the framing face-aware restore uses too), parsed into regions at the final
 size, and degraded with a seed derived from the run's seed and the image's name, so results do not depend on worker
 count or order. Faces that are not found are listed in the summary and handled as asked (`--no-face`), never dropped
 silently.
@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 
 from engine.atomic import write_bytes_atomic
+from engine.face_align import FaceFrame, centre_frame
 from engine.images import ImageError, is_image_path, read_image
 
 from .degrade import DegradeConfig, degrade
 from .face_regions import REGIONS, make_parser, whole_image
 
-FACE_MARGIN = 2.0  # crop side = this x the face box's larger side: room for hair and chin
 MIN_SIZE = 64
 REGION_COLOURS = {"skin": (255, 200, 120), "hair": (150, 60, 255), "eyes": (0, 220, 255), "nose": (60, 255, 60),
                   "mouth": (255, 40, 40)}
@@ -41,23 +41,9 @@ def image_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
-def square_crop(image: np.ndarray, box, size: int) -> np.ndarray:
-    """A square around the face box (or the centre), reflected where it leaves the image, resized to size."""
-    h, w = image.shape[:2]
-    if box is None:
-        side = min(h, w)
-        cx, cy = w / 2, h / 2
-    else:
-        x, y, bw, bh = box
-        side = int(round(FACE_MARGIN * max(bw, bh)))
-        cx, cy = x + bw / 2, y + bh / 2 - 0.1 * bh  # a little above centre: hair matters more than neck
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
-    if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    crop = image[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interp)
+def face_crop(image: np.ndarray, frame: FaceFrame | None, size: int) -> np.ndarray:
+    """The training framing (engine.face_align, shared with face-aware restore), or the centre without a face."""
+    return (frame or centre_frame(image.shape[1], image.shape[0])).crop(image, size)
 
 
 def load_rgb8(path: Path) -> np.ndarray:
@@ -99,12 +85,12 @@ class Preparer:
         except ImageError as e:
             return {**record, "status": "failed", "reason": str(e)}
         if self.parser.name == "none":  # no face parsing asked for: centre crop, one region
-            crop = square_crop(image, None, o.size)
+            crop = face_crop(image, None, o.size)
             regions = self.parser(crop)
         else:
-            box = self.parser.locate(image)
-            crop = square_crop(image, box, o.size)
-            regions = self.parser(crop) if box is not None else whole_image(crop, self.parser.name)
+            frame = self.parser.locate(image)
+            crop = face_crop(image, frame, o.size)
+            regions = self.parser(crop) if frame is not None else whole_image(crop, self.parser.name)
             record["face"] = regions.found
         if not regions.found:
             if o.no_face == "skip":

@@ -193,7 +193,7 @@ class EngineClient:
         return req
 
     def restore(self, items: list[tuple[str, str]], on_progress=None, **options) -> Request:
-        """Restore (input, output) pairs; options: overwrite, in_place, skip_existing."""
+        """Restore (input, output) pairs; options: overwrite, in_place, skip_existing, faces (protocol.FACE_MODES)."""
         return self.request("restore", on_progress, items=[{"input": str(i), "output": str(o)} for i, o in items],
                             **options)
 

@@ -5,9 +5,12 @@ This one module is used by both sides: the engine (`python -m engine serve`) and
 Requests   {"id": str|int, "op": "ping"|"info"|"restore"|"cancel"|"shutdown", ...}
   restore  {"input": PATH, "output": PATH} or {"items": [{"input", "output"}, ...]}
            options: "overwrite" (replace existing outputs), "in_place" (allow output == input),
-           "skip_existing" (leave existing outputs alone)
+           "skip_existing" (leave existing outputs alone), "faces" (one of FACE_MODES, default "auto")
   cancel   {"target": ID}: queued frames of that request are dropped, a running list stops between frames
 Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {"code", "message"}, "result"?}
+           a restore's result: {"items": [{"input", "output", "status": "restored"|"skipped"|"failed", "reason"?,
+           "code"?, "mode"?: "whole"|"faces", "faces"?: [{"box", "scale", "score", "landmarks"}], "note"?,
+           "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
 Events     {"event": "ready", "ok", "version", "protocol", "device", "model"} first, once;
            {"id", "event": "progress", "done", "total"} while a restore runs
 """
@@ -18,6 +21,8 @@ import json
 PROTOCOL_VERSION = 1
 OPS = ("ping", "info", "restore", "cancel", "shutdown")
 RESTORE_OPTIONS = ("overwrite", "in_place", "skip_existing")
+# auto: faces restored in frames larger than the model, the rest untouched; off: whole frame; only-crops: the crops
+FACE_MODES = ("auto", "off", "only-crops")
 MAX_LINE = 16 * 1024 * 1024
 
 
@@ -109,4 +114,7 @@ def parse_request(message: dict) -> tuple:
             if not isinstance(value, bool):
                 raise ProtocolError(Code.BAD_REQUEST, f"'{key}' must be true or false", request_id)
             params[key] = value
+        params["faces"] = message.get("faces", "auto")
+        if params["faces"] not in FACE_MODES:
+            raise ProtocolError(Code.BAD_REQUEST, f"'faces' must be one of {', '.join(FACE_MODES)}", request_id)
     return request_id, op, params
