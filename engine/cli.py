@@ -1,4 +1,4 @@
-"""`python -m engine ...`: restore, serve, info, fetch, import-pix2pix-turbo.
+"""`python -m engine ...`: restore, serve, info, bench, bench-protocol, bench-faces, fetch, import-pix2pix-turbo.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
 """
@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench-faces", help="face-aware restore's cost per frame, stage by stage")
+    p.add_argument("--weights", default=None, help="time this model too (default: the identity, pipeline only)")
+    p.add_argument("--base", default=None)
+    p.add_argument("--size", default="1920x1080", help="frame size WxH")
+    p.add_argument("--faces", type=int, default=1, help="bundled face photos placed in the frame")
+    p.add_argument("--min-face", type=int, default=72)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
@@ -199,13 +209,29 @@ def cmd_bench_protocol(a) -> int:
     return 0
 
 
+def cmd_bench_faces(a) -> int:
+    from .bench_faces import print_table, run
+
+    try:
+        width, height = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080; got {a.size!r}") from None
+    if a.faces < 1 or a.repeats < 1:
+        raise UsageError("--faces and --repeats must be at least 1")
+    r = run(a.weights, a.base, width, height, a.faces, a.repeats, a.device, a.min_face)
+    print(json.dumps(r)) if a.json else print_table(r)
+    return 0
+
+
 def cmd_serve(a) -> int:
     from .service import serve
 
     return serve(a)
 
 
-COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench, "bench-protocol": cmd_bench_protocol, "fetch": cmd_fetch, "import-pix2pix-turbo": cmd_import}
+COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench,
+            "bench-protocol": cmd_bench_protocol, "bench-faces": cmd_bench_faces, "fetch": cmd_fetch,
+            "import-pix2pix-turbo": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

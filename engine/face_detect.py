@@ -81,6 +81,16 @@ def _iou(a: FaceFrame, b: FaceFrame) -> float:
     return inter / (a.side ** 2 + b.side ** 2 - inter)
 
 
+def _warm_up_image() -> np.ndarray:
+    """A real face where one ships with the installed packages: the mesh's landmark stage only runs on a face."""
+    try:
+        from .bundled_faces import bundled_faces
+
+        return cv2.resize(next(iter(bundled_faces().values())), (256, 256), interpolation=cv2.INTER_AREA)
+    except (RuntimeError, OSError):
+        return np.zeros((64, 64, 3), np.uint8)
+
+
 class FaceDetector:
     """Not thread-safe (mediapipe graphs are not): one per worker."""
 
@@ -100,9 +110,9 @@ class FaceDetector:
             self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
                                                       refine_landmarks=False, min_detection_confidence=min_score)
             self._person = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-            blank = np.zeros((64, 64, 3), np.uint8)
+            sample = _warm_up_image()
             for graph in (self._full, self._short, self._mesh, self._person):
-                graph.process(blank)
+                graph.process(sample)
 
     def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB frame, largest first."""

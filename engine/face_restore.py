@@ -18,6 +18,8 @@ from blender_addon.engine_link.protocol import FACE_MODES as MODES
 
 from .face_align import blend_mask, paste_changes
 
+PERSON_SIZE = 256  # the selfie segmenter reads 256 x 256; a larger crop only costs time
+
 
 @dataclass
 class FaceReport:
@@ -133,7 +135,7 @@ class FrameRestorer:
             xy = None
             if face.landmarks is not None:
                 xy = (face.landmarks - 0.5) @ to_crop[:, :2].T + to_crop[:, 2]
-            person = self.detector.person(face.frame.crop(rgb8, self.size))
+            person = self.detector.person(face.frame.crop(rgb8, PERSON_SIZE))
             out.append((face, crop, blend_mask(self.size, xy, person)))
         self.timings.align += time.perf_counter() - t2
         return out

@@ -41,7 +41,7 @@ class Brighten(Identity):
 
 @pytest.fixture(scope="module")
 def faces():
-    from training.bundled_faces import bundled_faces
+    from engine.bundled_faces import bundled_faces
 
     return bundled_faces()
 

@@ -14,7 +14,7 @@ from training.train import TrainConfig, held_out_loss, train
 
 
 def _make_pairs(root: Path, count=12, test=4, size=64) -> Path:
-    from training.bundled_faces import bundled_faces
+    from engine.bundled_faces import bundled_faces
 
     rng = np.random.default_rng(0)
     faces = list(bundled_faces().values())

@@ -117,7 +117,7 @@ def cmd_bench(a) -> int:
 
     import cv2
 
-    from .bundled_faces import bundled_faces
+    from engine.bundled_faces import bundled_faces
     from .prepare import PrepareOptions, Preparer, prepare
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
-from conftest import ROOT, engine_restore
+from conftest import ROOT, engine_restore, run_engine
 from scene import pixels
 
 
@@ -109,6 +109,53 @@ def test_restore_folder_batch(scene, tiny_weights, tmp_path):
         name = f"r_{i:04d}.png"
         expected = engine_restore(tmp_path / "saved" / name, tmp_path / "expected", tiny_weights)
         assert np.array_equal(pixels(tmp_path / "fixed" / name), pixels(expected))
+
+
+def _face_frame(path: Path) -> Path:
+    """A 1280x720 frame with a bundled real face, written by the engine's Python (Blender has no sample faces)."""
+    code = ("import cv2, numpy as np; from engine.bench_faces import compose_frame; "
+            f"cv2.imwrite(r'{path}', (compose_frame(1280, 720, 1)[..., ::-1] * 255).round().astype(np.uint8))")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = run_engine("-c", code)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def test_restore_folder_restores_faces_and_leaves_the_rest_of_the_frame(scene, tmp_path):
+    src = _face_frame(tmp_path / "saved" / "shot.png")
+    scene.splat_restore.faces = "auto"
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(src.parent),
+                                                output_dir=str(tmp_path / "fixed")) == {"FINISHED"}
+    before, after = pixels(src), pixels(tmp_path / "fixed" / "shot.png")
+    moved = np.abs(after - before).max(-1) > 1e-6
+    assert moved.any() and moved.mean() < 0.5
+
+
+def test_face_crops_mode_writes_the_crops_beside_the_output(scene, tmp_path):
+    src = _face_frame(tmp_path / "saved" / "shot.png")
+    scene.splat_restore.faces = "only-crops"
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(src.parent),
+                                                output_dir=str(tmp_path / "fixed")) == {"FINISHED"}
+    assert sorted(p.name for p in (tmp_path / "fixed").iterdir()) == ["shot_face0.png"]
+
+
+def test_a_render_without_a_face_comes_back_unchanged_in_faces_mode(scene, tmp_path):
+    from blender_addon.operators import save_render_png
+
+    scene.render.resolution_x = scene.render.resolution_y = 96  # larger than the tiny model: faces mode applies
+    scene.splat_restore.auto_restore = True
+    scene.splat_restore.faces = "auto"
+    scene.render.filepath = str(tmp_path / "f_####")
+    bpy.ops.render.render(animation=True)
+    for i in (1, 2, 3):
+        name = f"f_{i:04d}.png"
+        assert np.array_equal(pixels(tmp_path / "restored" / name), pixels(tmp_path / name))
+    assert "3 frames without a face left unchanged" in _state()[1].last_report
+    scene.splat_restore.faces = "off"  # the whole frame, tiled
+    bpy.ops.render.render()
+    assert bpy.ops.splat_restore.restore_render() == {"FINISHED"}
+    save_render_png(scene, tmp_path / "render.png")
+    assert not np.array_equal(pixels(bpy.data.images["Restored Render"]), pixels(tmp_path / "render.png"))
 
 
 def test_restore_folder_reports_an_empty_folder(addon, tmp_path):
