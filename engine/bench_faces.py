@@ -18,8 +18,8 @@ from .face_restore import FrameRestorer, Timings
 class IdentityModel:
     batch_size = 8
 
-    def __init__(self, tile: int = 512):
-        self.tile = tile
+    def __init__(self, size: int = 512):
+        self.model_size = size
 
     def restore(self, images):
         return [np.array(i, copy=True) for i in images]

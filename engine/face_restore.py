@@ -72,7 +72,7 @@ class FrameRestorer:
 
     @property
     def size(self) -> int:
-        return self.restorer.tile
+        return self.restorer.model_size
 
     def describe(self) -> dict:
         return {**self.restorer.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,

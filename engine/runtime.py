@@ -55,8 +55,9 @@ class Restorer:
         self.forward = optimize(self.model, self.device, compile)
         self.info = info
         self.batch_size = max(1, int(batch_size))
-        # the size the model was trained at (512 for SD-Turbo): larger frames are tiled at that size
-        self.tile = int(tile or model.unet.config.sample_size * 8)
+        # the size the model was trained at (512 for SD-Turbo): face crops are cut at it, larger frames tiled at it
+        self.model_size = int(model.unet.config.sample_size * 8)
+        self.tile = int(tile or self.model_size)
         self.overlap = int(overlap if overlap is not None else self.tile // 8) // 8 * 8
         if self.tile % 8 or self.tile < 64 or self.overlap >= self.tile:
             raise ValueError(f"tile must be a multiple of 8 of at least 64 with overlap < tile; got tile "

@@ -18,7 +18,7 @@ pytest.importorskip("mediapipe")
 
 class Identity:
     """A restorer that changes nothing: what the paste adds must then be nothing."""
-    tile, batch_size = 512, 8
+    model_size, batch_size = 512, 8
 
     def __init__(self):
         self.calls = []
