@@ -255,3 +255,10 @@ def test_the_service_takes_the_faces_mode_per_request_and_reports_faces(faces, t
     assert whole["mode"] == "whole" and "faces" not in whole
     assert bad.value.code == "bad_request" and "faces" in str(bad.value)
     json.dumps(faced)  # the report is plain JSON
+
+
+def test_bench_faces_prints_the_stage_split(capsys):
+    assert main(["bench-faces", "--size", "960x540", "--repeats", "1", "--min-face", "40", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["faces_found"] == 1 and r["pipeline_ms"] == pytest.approx(r["detect_ms"] + r["align_ms"] + r["paste_ms"])
+    assert main(["bench-faces", "--size", "wide"]) == 2
