@@ -75,7 +75,8 @@ def bench(weights=None, base=None, arch="sd-turbo", size=512, batches=(1,), devi
             x = x.contiguous(memory_format=torch.channels_last)
         ref_s, ref_peak = _time(reference, x, repeats, dev)
         fast_s, fast_peak = _time(fast, x, repeats, dev)
-        row = {"batch": batch, "reference_ms_per_frame": 1000 * ref_s / batch, "fast_ms_per_frame": 1000 * fast_s / batch,
+        row = {"batch": batch, "reference_ms_per_frame": 1000 * ref_s / batch,
+               "fast_ms_per_frame": 1000 * fast_s / batch,
                "fast_fps": batch / fast_s, "speedup": ref_s / fast_s, "reference_peak_gib": ref_peak,
                "fast_peak_gib": fast_peak}
         if peak:
@@ -104,7 +105,8 @@ def check_outputs(weights=None, base=None, arch="sd-turbo", size=64, device="aut
 def print_report(r: dict) -> None:
     print(f"{r['model']} on {r['device']} ({r['dtype']}, {r['size']} px, compile {r['compile']}), "
           f"{r['tflop_per_frame']:.3f} TFLOP/frame")
-    print(f"{'batch':>5} {'ref ms/f':>9} {'fast ms/f':>10} {'fast fps':>9} {'speed-up':>9} {'peak GiB':>9} {'floor':>7}")
+    print(f"{'batch':>5} {'ref ms/f':>9} {'fast ms/f':>10} {'fast fps':>9} {'speed-up':>9} {'peak GiB':>9} "
+          f"{'floor':>7}")
     for row in r["rows"]:
         peak = f"{row['fast_peak_gib']:.1f}" if row["fast_peak_gib"] is not None else "-"
         floor = f"{row['floor_fraction'] * 100:.0f}%" if "floor_fraction" in row else "-"

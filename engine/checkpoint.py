@@ -59,7 +59,8 @@ _ADAPTER_SEGMENT = re.compile(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.")
 
 
 def canonical_key(name: str) -> str:
-    """`...conv1.lora_A.vae_skip.weight` -> `...conv1.lora_A.weight`; `...conv.base_layer.weight` -> `...conv.weight`."""
+    """`...conv1.lora_A.vae_skip.weight` -> `...conv1.lora_A.weight`;
+    `...conv.base_layer.weight` -> `...conv.weight`."""
     return _ADAPTER_SEGMENT.sub(r".\1.", name).replace(".base_layer.", ".")
 
 

@@ -153,8 +153,8 @@ class FaceDetector:
         result = self._mesh.process(crop)
         if not result.multi_face_landmarks:
             return DetectedFace(guess, score, None)
-        pts = np.array([[p.x * MESH_SIZE - 0.5, p.y * MESH_SIZE - 0.5] for p in result.multi_face_landmarks[0].landmark],
-                       np.float64)
+        marks = result.multi_face_landmarks[0].landmark
+        pts = np.array([[p.x * MESH_SIZE - 0.5, p.y * MESH_SIZE - 0.5] for p in marks], np.float64)
         back = look.to_image(MESH_SIZE)
         xy = pts @ back[:, :2].T + back[:, 2] + 0.5  # pixel indices -> continuous image coordinates
         return DetectedFace(frame_from_landmarks(xy), score, xy.astype(np.float32))

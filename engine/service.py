@@ -200,8 +200,9 @@ def serve(args) -> int:
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
     info = restorer.info
-    service = Service(FrameRestorer(restorer, args.min_face), protocol_out, {"weights": str(args.weights), "base": info.base,
-                                               "source": info.source, "input_range": info.restorer.input_range})
+    service = Service(FrameRestorer(restorer, args.min_face), protocol_out,
+                      {"weights": str(args.weights), "base": info.base, "source": info.source,
+                       "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
     reader = threading.Thread(target=service.read_loop, args=(sys.stdin.buffer,), daemon=True)

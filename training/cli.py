@@ -118,6 +118,7 @@ def cmd_bench(a) -> int:
     import cv2
 
     from engine.bundled_faces import bundled_faces
+
     from .prepare import PrepareOptions, Preparer, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +176,8 @@ def cmd_bench_step(a) -> int:
     return 0
 
 
-COMMANDS = {"degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
+COMMANDS = {"degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate,
+            "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,9 @@
-"""`python -m training degrade`: clean face images -> paired clean / degraded / mask images, a manifest, a contact sheet.
+"""`python -m training degrade`: clean face images -> paired clean / degraded / mask images, manifest, contact sheet.
 
-Each image is cropped square around its face (eyes level, the framing face-aware restore uses too), parsed into regions at the final
-size, and degraded with a seed derived from the run's seed and the image's name, so results do not depend on worker
-count or order. Faces that are not found are listed in the summary and handled as asked (`--no-face`), never dropped
-silently.
+Each image is cropped square around its face (eyes level: the framing face-aware restore uses too), parsed into
+regions at the final size, and degraded with a seed derived from the run's seed and the image's name, so results do
+not depend on worker count or order. Faces that are not found are listed in the summary and handled as asked
+(`--no-face`), never dropped silently.
 """
 from __future__ import annotations
 
