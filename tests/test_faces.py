@@ -198,8 +198,8 @@ def test_paste_changes_averages_overlapping_faces_instead_of_adding_them():
 
 def test_the_cli_restores_faces_keeps_alpha_and_16_bit_and_reports_each_face(faces, truth, tiny_weights, tmp_path,
                                                                              capsys):
-    canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6), ("grace_hopper", 380, 40, 0.45)])
-    rgba = np.dstack([canvas[..., ::-1], np.linspace(0.2, 1, 640)[None, :].repeat(360, 0)])
+    canvas, _ = compose(faces, truth, (361, 643), [("astronaut", 40, 30, 0.6), ("grace_hopper", 380, 40, 0.45)])
+    rgba = np.dstack([canvas[..., ::-1], np.linspace(0.2, 1, 643)[None, :].repeat(361, 0)])  # odd sizes too
     src = tmp_path / "in" / "frame.png"
     src.parent.mkdir()
     cv2.imwrite(str(src), (rgba * 65535).round().astype(np.uint16))
