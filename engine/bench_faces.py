@@ -21,7 +21,7 @@ class IdentityModel:
     def __init__(self, size: int = 512):
         self.model_size = size
 
-    def restore(self, images):
+    def restore(self, images, tiled=True):
         return [np.array(i, copy=True) for i in images]
 
     def describe(self):

@@ -101,12 +101,12 @@ class FrameRestorer:
                 results[i] = FrameResult(rgb, "whole")
             self.timings.model += time.perf_counter() - t
         found = {}  # frame index -> [(DetectedFace, crop, mask)]
-        for i, (img, mode) in enumerate(zip(images, modes)):
+        for i, img in enumerate(images):
             if results[i] is None:
                 found[i] = self._cut_faces(img)
         crops = [c for faces in found.values() for _, c, _ in faces]
         t = time.perf_counter()
-        restored = iter(self.restorer.restore(crops) if crops else [])
+        restored = iter(self.restorer.restore(crops, tiled=False) if crops else [])
         self.timings.model += time.perf_counter() - t
         t = time.perf_counter()
         for i, faces in found.items():

@@ -84,13 +84,14 @@ class Restorer:
         y = self.forward(x.to(self.dtype) * 2 - 1)
         return ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
-    def restore(self, images: Iterable[np.ndarray]) -> list[np.ndarray]:
+    def restore(self, images: Iterable[np.ndarray], tiled: bool = True) -> list[np.ndarray]:
+        """tiled=False restores each image in one piece whatever --tile says (face crops at the model's size)."""
         images = list(images)
         jobs = []  # (image index, tile or None, padded array)
         plans = {}
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            if h <= self.tile and w <= self.tile:
+            if not tiled or (h <= self.tile and w <= self.tile):
                 jobs.append((i, None, pad_to_multiple(img, 8)))
                 continue
             padded = pad_to_multiple(img, 8)

@@ -23,7 +23,7 @@ class Identity:
     def __init__(self):
         self.calls = []
 
-    def restore(self, images):
+    def restore(self, images, tiled=True):
         self.calls.append(len(images))
         return [np.array(i, copy=True) for i in images]
 
@@ -34,7 +34,7 @@ class Identity:
 class Brighten(Identity):
     """A restorer that changes everything by the same amount: shows where, and how smoothly, changes land."""
 
-    def restore(self, images):
+    def restore(self, images, tiled=True):
         self.calls.append(len(images))
         return [np.clip(i + 0.2, 0, 1) for i in images]
 
@@ -262,3 +262,16 @@ def test_bench_faces_prints_the_stage_split(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["faces_found"] == 1 and r["pipeline_ms"] == pytest.approx(r["detect_ms"] + r["align_ms"] + r["paste_ms"])
     assert main(["bench-faces", "--size", "wide"]) == 2
+
+
+def test_face_crops_are_restored_in_one_piece_even_with_a_smaller_tile(faces, truth, tiny_weights, detector):
+    from engine.runtime import Restorer
+
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", tile=64)
+    restorer.model_size = 128  # as if trained at 128: crops of 128 must not be cut into 64-pixel tiles
+    calls = []
+    run_model = restorer.run_model
+    restorer.run_model = lambda batch: calls.append(batch.shape) or run_model(batch)
+    canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6)])
+    FrameRestorer(restorer, detector=detector).restore([canvas], ["auto"])
+    assert calls == [(1, 128, 128, 3)]
