@@ -18,6 +18,16 @@ from .checkpoint import CheckpointError
 from .jobs import UsageError
 
 
+def _min_face(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if value < 8:  # below this the tile scan would run thousands of detector calls per frame for no usable face
+        raise argparse.ArgumentTypeError("must be at least 8 pixels")
+    return value
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="restorer checkpoint (.safetensors)")
     p.add_argument("--base", default=None,
@@ -29,7 +39,7 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
     p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
                    help="torch.compile the model (auto: on CUDA only; the first frame of each size compiles)")
-    p.add_argument("--min-face", type=int, default=72,
+    p.add_argument("--min-face", type=_min_face, default=72,
                    help="smallest face side in pixels that face-aware restore looks for (smaller: slower search)")
 
 
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None)
     p.add_argument("--size", default="1920x1080", help="frame size WxH")
     p.add_argument("--faces", type=int, default=1, help="bundled face photos placed in the frame")
-    p.add_argument("--min-face", type=int, default=72)
+    p.add_argument("--min-face", type=_min_face, default=72)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
@@ -132,8 +142,6 @@ def cmd_restore(a) -> int:
         return 1
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if a.min_face < 8:
-        raise UsageError("--min-face must be at least 8 pixels")
     started = time.perf_counter()
     restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)

@@ -46,12 +46,16 @@ class FaceFrame:
         offsets = np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
         return offsets @ np.array([[c, s], [-s, c]]) + [self.cx, self.cy]
 
-    def bounds(self, width: int, height: int, pad: int = 2) -> tuple[int, int, int, int] | None:
-        """The integer pixel rectangle (x0, y0, x1, y1) the square covers inside a width x height image."""
+    def extent(self) -> tuple[int, int, int, int]:
+        """The integer pixel rectangle (x0, y0, x1, y1) around the (turned) square; may leave the image."""
         pts = self.corners()
-        x0, y0 = np.floor(pts.min(0)).astype(int) - pad
-        x1, y1 = np.ceil(pts.max(0)).astype(int) + pad
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+        (x0, y0), (x1, y1) = np.floor(pts.min(0)).astype(int), np.ceil(pts.max(0)).astype(int)
+        return int(x0), int(y0), int(x1), int(y1)
+
+    def bounds(self, width: int, height: int, pad: int = 2) -> tuple[int, int, int, int] | None:
+        """extent() grown by pad (for the interpolation kernel) and clipped to a width x height image."""
+        x0, y0, x1, y1 = self.extent()
+        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(width, x1 + pad), min(height, y1 + pad)
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
     def crop(self, image: np.ndarray, size: int) -> np.ndarray:
@@ -83,8 +87,7 @@ def centre_frame(width: int, height: int) -> FaceFrame:
     return FaceFrame(width / 2, height / 2, float(min(width, height)))
 
 
-def warp_similarity(src: np.ndarray, m: np.ndarray, width: int, height: int, border: int,
-                    border_value: float = 0.0) -> np.ndarray:
+def warp_similarity(src: np.ndarray, m: np.ndarray, width: int, height: int, border: int) -> np.ndarray:
     """cv2.warpAffine for a similarity `m` (src indices -> dst indices) that also shrinks without aliasing.
 
     warpAffine samples 4x4 source pixels per output pixel whatever the scale, so a strong reduction first averages
@@ -110,7 +113,7 @@ def warp_similarity(src: np.ndarray, m: np.ndarray, width: int, height: int, bor
             # a reflected border now mirrors at the cut-out's edge, which is the image's edge wherever the
             # crop leaves the image (elsewhere the cut-out already covers everything the crop needs)
     flags = cv2.INTER_CUBIC if k > 1.2 else cv2.INTER_LINEAR
-    out = cv2.warpAffine(src, m, (width, height), flags=flags, borderMode=border, borderValue=border_value)
+    out = cv2.warpAffine(src, m, (width, height), flags=flags, borderMode=border, borderValue=0)
     return out if out.ndim == src.ndim else out[..., None]
 
 

@@ -1,10 +1,11 @@
-"""Finding faces in a frame, offline: mediapipe's bundled detectors, then face-mesh landmarks for each face.
+"""Finding faces in a frame, offline: mediapipe's bundled full-range detector, then face-mesh landmarks per face.
 
 The full-range detector sees faces down to about REACH of the square it looks at (measured on the bundled faces:
 found at 0.07, lost at 0.06), so a frame is first searched whole and then, for faces smaller than REACH of its long
 side, in overlapping square tiles just large enough to see `min_face`. Each face's landmarks come from the face
-mesh run on a crop around the detection, which also confirms it; a face the mesh cannot read (a profile, a face cut
-by the frame) is framed from the detector's eye keypoints instead, and reported as such.
+mesh run on a crop around the detection; a face the mesh cannot read (a profile, a face cut by the frame) is framed
+from the detector's box and eye keypoints instead (on the bundled faces within 2 % of the landmark framing), and
+reported as such.
 """
 from __future__ import annotations
 
@@ -101,53 +102,48 @@ class FaceDetector:
             raise FaceDetectorUnavailable(
                 f"face detection needs mediapipe, which is not installed ({e}); `python build.py setup` installs "
                 f"it, or restore whole frames with --faces off") from None
-        self.min_face, self.min_score = int(min_face), float(min_score)
+        self.min_face = int(min_face)
         solutions = mp.solutions
         with _quiet_stderr():  # building and first running each graph logs C++ warnings that alarm users
-            self._full = solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
-            self._short = solutions.face_detection.FaceDetection(model_selection=0,
-                                                                 min_detection_confidence=min_score)
+            self._detector = solutions.face_detection.FaceDetection(model_selection=1,  # full range
+                                                                    min_detection_confidence=min_score)
             self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
                                                       refine_landmarks=False, min_detection_confidence=min_score)
             self._person = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
             sample = _warm_up_image()
-            for graph in (self._full, self._short, self._mesh, self._person):
+            for graph in (self._detector, self._mesh, self._person):
                 graph.process(sample)
 
     def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB frame, largest first."""
         h, w = rgb8.shape[:2]
         candidates = []
-        for k, (x, y, side) in enumerate(scan_squares(w, h, self.min_face)):
-            candidates += self._detections(self._full, rgb8[y:y + side, x:x + side], x, y)
-            if k == 0 and not candidates:  # a face filling the frame can escape the full-range model
-                candidates += self._detections(self._short, rgb8, 0, 0)
+        for x, y, side in scan_squares(w, h, self.min_face):
+            candidates += self._detections(rgb8[y:y + side, x:x + side], x, y)
         candidates.sort(key=lambda c: -c[1])
         faces: list[DetectedFace] = []
-        for frame, score, eyes in candidates:
+        for frame, score in candidates:
             if any(_iou(frame, f.frame) > 0.3 for f in faces):
                 continue
-            face = self._landmarks(rgb8, frame, score, eyes)
+            face = self._landmarks(rgb8, frame, score)
             if face.size >= self.min_face and not any(_iou(face.frame, f.frame) > 0.3 for f in faces):
                 faces.append(face)
         return sorted(faces, key=lambda f: -f.frame.side)
 
-    @staticmethod
-    def _detections(model, square: np.ndarray, x0: int, y0: int) -> list:
-        result = model.process(np.ascontiguousarray(square))
+    def _detections(self, square: np.ndarray, x0: int, y0: int) -> list:
+        result = self._detector.process(np.ascontiguousarray(square))
         sh, sw = square.shape[:2]
         out = []
         for d in result.detections or []:
             b = d.location_data.relative_bounding_box
-            kp = d.location_data.relative_keypoints  # right eye, left eye (the subject's), nose, mouth, ears
-            eyes = np.array([[kp[1].x * sw + x0, kp[1].y * sh + y0], [kp[0].x * sw + x0, kp[0].y * sh + y0]])
-            eyes = eyes[np.argsort(eyes[:, 0])] if abs(eyes[1, 0] - eyes[0, 0]) > 1e-6 else eyes
-            angle = math.atan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0])
+            # keypoints: the subject's right eye (on the image's left in a frontal face), left eye, nose, ...
+            right, left = d.location_data.relative_keypoints[:2]
+            angle = math.atan2((left.y - right.y) * sh, (left.x - right.x) * sw)
             box = (b.xmin * sw + x0, b.ymin * sh + y0, b.width * sw, b.height * sh)
-            out.append((frame_from_box(box, angle), float(d.score[0]), eyes))
+            out.append((frame_from_box(box, angle), float(d.score[0])))
         return out
 
-    def _landmarks(self, rgb8: np.ndarray, guess: FaceFrame, score: float, eyes) -> DetectedFace:
+    def _landmarks(self, rgb8: np.ndarray, guess: FaceFrame, score: float) -> DetectedFace:
         look = FaceFrame(guess.cx, guess.cy, guess.side * 1.1, guess.angle)
         crop = look.crop(rgb8, MESH_SIZE)
         result = self._mesh.process(crop)

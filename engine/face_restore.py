@@ -111,7 +111,7 @@ class FrameRestorer:
         t = time.perf_counter()
         for i, faces in found.items():
             after = [next(restored) for _ in faces]
-            reports = [FaceReport(_box(f.frame), self.size / f.frame.side, f.score,
+            reports = [FaceReport(_box(f.frame.extent()), self.size / f.frame.side, f.score,
                                   f.landmarks is not None) for f, _, _ in faces]
             if modes[i] == "only-crops":
                 results[i] = FrameResult(None, "faces", reports, after)
@@ -141,8 +141,6 @@ class FrameRestorer:
         return out
 
 
-def _box(frame) -> tuple[int, int, int, int]:
-    pts = frame.corners()
-    x0, y0 = np.floor(pts.min(0)).astype(int)
-    x1, y1 = np.ceil(pts.max(0)).astype(int)
-    return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+def _box(extent) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = extent
+    return x0, y0, x1 - x0, y1 - y0

@@ -116,6 +116,24 @@ def test_a_face_partly_outside_the_frame_is_found_and_pasted_inside_it(faces, tr
     assert result.rgb.shape == canvas.shape and (result.rgb[:, :20] > canvas[:, :20] + 0.05).any()
 
 
+def test_a_face_filling_the_frame_is_found(faces, detector):
+    close = cv2.resize(faces["grace_hopper"][120:400, 150:390], (720, 840))  # the face is most of the frame
+    found = detector.detect(close)
+    assert len(found) == 1 and found[0].frame.side > 720
+
+
+def test_a_face_the_mesh_cannot_read_is_framed_from_the_detector_and_reported(faces, truth, detector, monkeypatch):
+    class Unreadable:
+        multi_face_landmarks = None
+
+    monkeypatch.setattr(detector._mesh, "process", lambda image: Unreadable())
+    canvas, expected = compose(faces, truth, (720, 1280), [("astronaut", 300, 100, 1.0)])
+    result = FrameRestorer(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
+    assert len(result.faces) == 1 and result.faces[0].landmarks is False
+    found = detector.detect((canvas * 255).round().astype(np.uint8))
+    _match([f.frame for f in found], expected, tolerance=0.05)  # the training framing, near enough
+
+
 def test_a_frame_without_a_face_passes_through_unchanged_and_says_so(detector):
     rng = np.random.default_rng(0)
     canvas = cv2.GaussianBlur(rng.random((600, 900, 3)).astype(np.float32), (0, 0), 3)
@@ -262,6 +280,14 @@ def test_bench_faces_prints_the_stage_split(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["faces_found"] == 1 and r["pipeline_ms"] == pytest.approx(r["detect_ms"] + r["align_ms"] + r["paste_ms"])
     assert main(["bench-faces", "--size", "wide"]) == 2
+
+
+@pytest.mark.parametrize("value", ["4", "many"])
+def test_a_min_face_below_8_pixels_or_not_a_number_is_a_usage_error(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["restore", str(tmp_path), "-o", str(tmp_path / "out"), "--weights", "w.safetensors",
+              "--min-face", value])
+    assert exit_.value.code == 2 and "--min-face" in capsys.readouterr().err
 
 
 def test_face_crops_are_restored_in_one_piece_even_with_a_smaller_tile(faces, truth, tiny_weights, detector):
