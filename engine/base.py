@@ -12,7 +12,7 @@ import torch
 DEFAULT_BASE = "stabilityai/sd-turbo"
 CONFIG_DIR = Path(__file__).parent / "configs"
 # What the engine needs of a base; the text encoder only for computing a prompt embedding (import, training).
-FETCH_PATTERNS = ["model_index.json", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
+FETCH_PATTERNS = ["model_index.json", "LICENSE*", "README.md", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
                   "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
 
@@ -21,26 +21,33 @@ class BaseModelError(RuntimeError):
     pass
 
 
-def resolve_base(base: str | os.PathLike | None) -> Path:
-    """A local diffusers folder, or a hub id found in the Hugging Face cache. Never downloads: see `fetch_base`."""
+def resolve_base(base: str | os.PathLike | None, role: str = "base model") -> Path:
+    """A local diffusers folder, or a hub id found in the Hugging Face cache. Never downloads: see `fetch_base`.
+
+    `role` names what is looked for in errors ("base model", "weights")."""
     base = str(base or DEFAULT_BASE)
     path = Path(base).expanduser()
     if path.exists():
-        _check_layout(path)
+        _check_layout(path, role)
         return path
-    if base.startswith((".", "/", "~")) or "\\" in base or base.count("/") != 1:
-        raise BaseModelError(f"base model folder {base} does not exist (expected a diffusers folder with "
-                             f"unet/ and vae/, or a hub id like {DEFAULT_BASE})")
+    if not looks_like_hub_id(base):
+        raise BaseModelError(f"{role} folder {base} does not exist (expected a diffusers folder with unet/ and "
+                             f"vae/, or a hub id like {DEFAULT_BASE})")
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(base, allow_patterns=FETCH_PATTERNS, local_files_only=True))
     except Exception as e:  # the hub raises several types for "not cached"; all mean the same to a user
         raise BaseModelError(
-            f"base model {base!r} is not in the Hugging Face cache ({_cache_dir()}): {type(e).__name__}. "
-            f"While online, run `python -m engine fetch {base}`, or pass --base /path/to/a/diffusers/folder") from None
-    _check_layout(folder)
+            f"{role} {base!r} is not in the Hugging Face cache ({_cache_dir()}): {type(e).__name__}. "
+            f"While online, run `python -m engine fetch {base}`, or pass a local diffusers folder") from None
+    _check_layout(folder, role)
     return folder
+
+
+def looks_like_hub_id(text: str) -> bool:
+    return not text.startswith((".", "/", "~")) and "\\" not in text and text.count("/") == 1 \
+        and not text.endswith("/")
 
 
 def fetch_base(base: str = DEFAULT_BASE) -> Path:
@@ -61,11 +68,11 @@ def _cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _check_layout(folder: Path) -> None:
+def _check_layout(folder: Path, role: str = "base model") -> None:
     missing = [s for s in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
                if not (folder / s).is_file()]
     if missing:
-        raise BaseModelError(f"base model folder {folder} is incomplete: missing {', '.join(missing)}")
+        raise BaseModelError(f"{role} folder {folder} is incomplete: missing {', '.join(missing)}")
 
 
 def read_config(folder: Path, name: str) -> dict:

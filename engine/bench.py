@@ -16,12 +16,13 @@ from .model import LoraSpec, merge_lora
 from .runtime import pick_device, pick_dtype
 
 
-def build_models(weights: str | None, base: str | None, arch: str, device: torch.device):
+def build_models(weights: str | None, base: str | None, arch: str, device: torch.device,
+                 accept_license: bool = False):
     """(unmerged reference model, label). Random weights at full size when no checkpoint is given."""
     if weights:
         from .loading import load_restorer
 
-        model, _ = load_restorer(weights, base, merge=False)
+        model, _ = load_restorer(weights, base, merge=False, accept_license=accept_license)
         return model, f"weights {weights}"
     from .base import build_base_from_configs, load_base
     from .loading import build_restorer
@@ -53,10 +54,10 @@ def _time(fn, x, repeats: int, device: torch.device) -> tuple[float, float | Non
 
 
 def bench(weights=None, base=None, arch="sd-turbo", size=512, batches=(1,), device="auto", dtype="auto",
-          compile_mode="auto", repeats=5) -> dict:
+          compile_mode="auto", repeats=5, accept_license=False) -> dict:
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    reference, label = build_models(weights, base, arch, dev)
+    reference, label = build_models(weights, base, arch, dev, accept_license)
     fast_model = copy.deepcopy(reference)
     merge_lora(fast_model.unet)
     merge_lora(fast_model.vae)

@@ -17,6 +17,7 @@ from .face_restore import FrameRestorer, Timings
 
 class IdentityModel:
     batch_size = 8
+    provenance = {"Splat Restore model": "identity (bench-faces)"}
 
     def __init__(self, size: int = 512):
         self.model_size = size

@@ -29,6 +29,8 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class CheckpointInfo:
+    """The recipe behind a set of weights: where LoRA sits (lora), how the forward runs (restorer), which base and
+    prompt, where it came from, and the licence its owner put on it (licenses.LICENSES id, "" for none)."""
     lora: LoraSpec
     restorer: RestorerConfig
     base: str
@@ -36,6 +38,7 @@ class CheckpointInfo:
     prompt: str
     source: str = "splat-restore"
     notes: list = field(default_factory=list)
+    license: str = ""
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -52,7 +55,7 @@ class CheckpointInfo:
                              f"({FORMAT_VERSION}); update Splat Restore")
         return cls(lora=LoraSpec(**d["lora"]), restorer=RestorerConfig(**d["restorer"]), base=d["base"],
                    base_fingerprint=d["base_fingerprint"], prompt=d["prompt"], source=d.get("source", ""),
-                   notes=d.get("notes", []))
+                   notes=d.get("notes", []), license=d.get("license", ""))
 
 
 _ADAPTER_SEGMENT = re.compile(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.")

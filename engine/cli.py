@@ -16,6 +16,16 @@ from . import __version__
 from .base import DEFAULT_BASE, BaseModelError
 from .checkpoint import CheckpointError
 from .jobs import UsageError
+from .licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseNotAccepted
+
+WEIGHTS_HELP = ("a Splat Restore checkpoint (.safetensors), or weights in Difix's published layout: a folder, or "
+                "the hub id nvidia/difix from the HF cache (`python -m engine fetch nvidia/difix`)")
+
+
+def _add_license_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(ACCEPT_FLAG, dest="accept_license", action="store_true",
+                   help=f"accept the licence of third-party weights (NVIDIA Difix: non-commercial use only); "
+                        f"{ACCEPT_ENV}=1 does the same")
 
 
 def _min_face(text: str) -> int:
@@ -29,7 +39,8 @@ def _min_face(text: str) -> int:
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help="restorer checkpoint (.safetensors)")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    _add_license_arg(p)
     p.add_argument("--base", default=None,
                    help=f"base model: diffusers folder or hub id (default: the one named in the weights, "
                         f"normally {DEFAULT_BASE})")
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a checkpoint or the full-size architecture")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--arch", help="count parameters of a shipped architecture without weights (sd-turbo)")
-    src.add_argument("--weights", help="show a checkpoint's metadata")
+    src.add_argument("--weights", help="show the recipe and licence of a checkpoint, Difix folder or nvidia/difix")
     p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default="encoder+decoder",
                    help="VAE LoRA on encoder and decoder (the recipe) or the decoder only")
     p.add_argument("--rank-unet", type=int, default=16)
@@ -80,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="reference recipe vs the engine's fast path, same process, same inputs")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", default=None)
+    src.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     src.add_argument("--random-weights", action="store_true", help="random weights at full size (the default)")
+    _add_license_arg(p)
     p.add_argument("--arch", default="sd-turbo")
     p.add_argument("--base", default=None, help="a diffusers folder instead of --arch (random LoRA on it)")
     p.add_argument("--size", type=int, default=512)
@@ -126,8 +138,10 @@ def cmd_restore(a) -> int:
 
     from .face_restore import FrameRestorer
     from .jobs import collect_items, restore_items
+    from .loading import check_license
     from .runtime import Restorer
 
+    check_license(a.weights, a.accept_license)  # before anything is loaded or written
     items = collect_items(a.inputs, a.output, a.recursive)
     for item in items:
         item.faces, item.overwrite = a.faces, a.overwrite
@@ -143,7 +157,7 @@ def cmd_restore(a) -> int:
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     started = time.perf_counter()
-    restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
+    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)
     frames = FrameRestorer(restorer, a.min_face)
     loaded = time.perf_counter()
@@ -179,9 +193,12 @@ def cmd_info(a) -> int:
     else:
         from dataclasses import asdict
 
-        from .checkpoint import read_info
+        from .licenses import license_by_id
+        from .loading import read_recipe
 
-        out = asdict(read_info(a.weights))
+        recipe = read_recipe(a.weights)
+        lic = license_by_id(recipe.license)
+        out = {**asdict(recipe), "license": lic.describe() if lic else None}
     print(json.dumps(out, indent=None if a.json else 2))
     return 0
 
@@ -189,7 +206,17 @@ def cmd_info(a) -> int:
 def cmd_fetch(a) -> int:
     from .base import fetch_base
 
-    print(f"{a.base} -> {fetch_base(a.base)}")
+    folder = fetch_base(a.base)
+    print(f"{a.base} -> {folder}")
+    from .loading import read_recipe
+    from .licenses import license_by_id
+
+    try:
+        lic = license_by_id(read_recipe(folder).license)
+    except (BaseModelError, CheckpointError):  # a base model, not weights: nothing to accept
+        lic = None
+    if lic:
+        print(f"these weights are under the {lic.describe()}; restoring with them needs {ACCEPT_FLAG}")
     return 0
 
 
@@ -204,7 +231,11 @@ def cmd_bench(a) -> int:
     from .bench import bench, print_report
 
     batches = [b if b == "auto" else int(b) for b in a.batch.split(",")]
-    r = bench(a.weights, a.base, a.arch, a.size, batches, a.device, a.dtype, a.compile, a.repeats)
+    if a.weights:
+        from .loading import check_license
+
+        check_license(a.weights, a.accept_license)
+    r = bench(a.weights, a.base, a.arch, a.size, batches, a.device, a.dtype, a.compile, a.repeats, a.accept_license)
     print(json.dumps(r)) if a.json else print_report(r)
     return 0
 
@@ -246,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return COMMANDS[a.command](a)
-    except UsageError as e:
+    except (UsageError, LicenseNotAccepted) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (BaseModelError, CheckpointError, ValueError) as e:

@@ -74,6 +74,10 @@ class FrameRestorer:
     def size(self) -> int:
         return self.restorer.model_size
 
+    @property
+    def provenance(self) -> dict[str, str]:
+        return self.restorer.provenance
+
     def describe(self) -> dict:
         return {**self.restorer.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
                                                       "crop_size": self.size}}

@@ -106,7 +106,23 @@ def _png_complete(data: bytes) -> bool:
     return data.rstrip(b"\0")[-12:-8] == b"\0\0\0\0" and data.rstrip(b"\0")[-8:-4] == b"IEND"
 
 
-def encode_image(frame: Frame, rgb: np.ndarray, suffix: str) -> bytes:
+def png_with_text(png: bytes, text: dict[str, str]) -> bytes:
+    """`png` with one text chunk per item after IHDR (tEXt when Latin-1 will do, else UTF-8 iTXt)."""
+    import struct
+    import zlib
+
+    chunks = []
+    for key, value in text.items():
+        try:
+            kind, data = b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")
+        except UnicodeEncodeError:
+            kind, data = b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")
+        chunks.append(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR's length, type, 13 bytes of data, CRC
+    return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
+
+
+def encode_image(frame: Frame, rgb: np.ndarray, suffix: str, text: dict[str, str] | None = None) -> bytes:
     """Restored rgb in [0, 1] with `frame`'s alpha, bit depth and channel layout, encoded for `suffix`."""
     import cv2
 
@@ -132,7 +148,7 @@ def encode_image(frame: Frame, rgb: np.ndarray, suffix: str) -> bytes:
     ok, buf = cv2.imencode(suffix.lower(), out, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {fmt} of shape {out.shape}")
-    return buf.tobytes()
+    return png_with_text(buf.tobytes(), text) if text and fmt == "PNG" else buf.tobytes()
 
 
 def _convert_depth(a: np.ndarray, dtype) -> np.ndarray:
@@ -141,11 +157,12 @@ def _convert_depth(a: np.ndarray, dtype) -> np.ndarray:
     return (a.astype(np.uint32) * 257).astype(np.uint16)
 
 
-def write_image(path: str | os.PathLike, frame: Frame, rgb: np.ndarray) -> None:
-    """Atomic: the file at `path` is either the complete new image or whatever was there before."""
+def write_image(path: str | os.PathLike, frame: Frame, rgb: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Atomic: the file at `path` is either the complete new image or whatever was there before. `text` goes into
+    PNG text chunks (the model and its licence)."""
     path = Path(path)
     try:
-        data = encode_image(frame, rgb, path.suffix)
+        data = encode_image(frame, rgb, path.suffix, text)
     except ValueError as e:
         raise ImageError(path, str(e)) from None
     try:

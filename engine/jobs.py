@@ -128,9 +128,9 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
         try:
             item.output.parent.mkdir(parents=True, exist_ok=True)
             if result.rgb is not None:
-                write_image(item.output, frame, result.rgb)
+                write_image(item.output, frame, result.rgb, frames.provenance)
             else:
-                done.crops = _write_crops(item, frame, result.crops)
+                done.crops = _write_crops(item, frame, result.crops, frames.provenance)
             report(done)
         except ImageError as e:
             report(Outcome(item, "failed", str(e), BAD_OUTPUT))
@@ -138,14 +138,14 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
             report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT))
 
 
-def _write_crops(item: Item, frame: Frame, crops: list) -> list[Path]:
+def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path]:
     paths = [crop_path(item.output, k) for k in range(len(crops))]
     clash = [p for p in paths if p.exists() and not item.overwrite]
     if clash:
         raise ImageError(clash[0], "already exists (pass --overwrite to replace earlier crops)")
     plain = Frame(frame.rgb, None, frame.bit_depth, frame.format, frame.grayscale)  # crops carry no alpha
     for path, crop in zip(paths, crops):
-        write_image(path, plain, crop)
+        write_image(path, plain, crop, text)
     return paths
 
 

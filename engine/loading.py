@@ -1,13 +1,19 @@
-"""Assembling a SplatRestorer from a base model and (optionally) a checkpoint."""
+"""Assembling a SplatRestorer from what `--weights` names: a Splat Restore checkpoint on a base model, or a folder
+(or hub id) in Difix's published layout."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
-from .base import BaseModel, build_base_from_configs, load_base
+from . import published
+from .base import BaseModel, build_base_from_configs, load_base, resolve_base
 from .checkpoint import CheckpointError, CheckpointInfo, load_trainable_state, read_checkpoint, read_info
+from .licenses import require_acceptance
 from .model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar, merge_lora
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pkl", ".pt", ".pth", ".ckpt", ".bin")
 
 
 def build_restorer(base: BaseModel, lora: LoraSpec, config: RestorerConfig | None = None,
@@ -35,9 +41,46 @@ def count_parameters(arch: str = "sd-turbo", lora: LoraSpec | None = None) -> di
             "rank_unet": lora.rank_unet, "rank_vae": lora.rank_vae, "vae_lora_scope": lora.vae_scope}
 
 
+def is_checkpoint_file(weights: str | os.PathLike) -> bool:
+    path = Path(weights)
+    return path.is_file() or path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def read_recipe(weights: str | os.PathLike) -> CheckpointInfo:
+    """The recipe behind `weights` from metadata and configs alone: cheap, loads no tensors."""
+    if is_checkpoint_file(weights):
+        return read_info(weights)
+    return published.read_recipe(resolve_base(weights, role="weights"), str(weights))
+
+
+def check_license(weights: str | os.PathLike, accepted: bool) -> CheckpointInfo:
+    """The recipe, if its licence (if any) was accepted; licenses.LicenseNotAccepted otherwise."""
+    info = read_recipe(weights)
+    require_acceptance(info.license, str(weights), accepted)
+    return info
+
+
 def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bool = True,
-                  check_base: bool = True) -> tuple[SplatRestorer, CheckpointInfo]:
-    """Base (`base`, else the one named in the checkpoint) + checkpoint, LoRA merged unless `merge=False`."""
+                  check_base: bool = True, accept_license: bool = False) -> tuple[SplatRestorer, CheckpointInfo]:
+    """The restorer `weights` describe (on `base`, else the checkpoint's own), LoRA merged unless `merge=False`.
+    Weights under a licence load only when it was accepted (`accept_license` or the environment)."""
+    check_license(weights, accept_license)
+    if is_checkpoint_file(weights):
+        model, info = _load_checkpoint(weights, base, check_base)
+    else:
+        if base:
+            raise CheckpointError(f"weights {weights} carry their own base model (Difix's published layout); "
+                                  f"--base {base} does not apply to them")
+        folder = resolve_base(weights, role="weights")
+        info = published.read_recipe(folder, str(weights))
+        model = published.load_published(folder, info)
+    if merge:
+        merge_lora(model.unet)
+        merge_lora(model.vae)
+    return model.eval().requires_grad_(False), info
+
+
+def _load_checkpoint(weights, base: str | None, check_base: bool) -> tuple[SplatRestorer, CheckpointInfo]:
     info = read_info(weights)
     base_model = load_base(base or info.base)
     if check_base and base_model.fingerprint != info.base_fingerprint:
@@ -48,7 +91,4 @@ def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bo
     info, tensors = read_checkpoint(weights)
     model = build_restorer(base_model, info.lora, info.restorer, tensors.pop("prompt_embeds"))
     load_trainable_state(model, tensors, f"weights file {weights}")
-    if merge:
-        merge_lora(model.unet)
-        merge_lora(model.vae)
-    return model.eval().requires_grad_(False), info
+    return model, info

@@ -39,11 +39,18 @@ class LoraSpec:
     unet_targets: tuple = UNET_LORA_TARGETS
     vae_targets: tuple = VAE_LORA_TARGETS
     vae_scope: str = "encoder+decoder"
+    # Difix and img2img-turbo wrap the skip convs in LoRA too (their names are in the VAE target list)
+    skip_lora: bool = True
 
     def __post_init__(self):
         if self.vae_scope not in VAE_SCOPES:
             raise ValueError(f"vae_scope must be one of {VAE_SCOPES}, not {self.vae_scope!r}")
+        if self.rank_unet < 0 or self.rank_vae < 1:
+            raise ValueError(f"LoRA ranks must be rank_unet >= 0 (0: no UNet LoRA) and rank_vae >= 1; got "
+                             f"{self.rank_unet}, {self.rank_vae}")
         self.unet_targets, self.vae_targets = tuple(self.unet_targets), tuple(self.vae_targets)
+        if not self.skip_lora:
+            self.vae_targets = tuple(t for t in self.vae_targets if not t.startswith("skip_conv_"))
 
 
 def skip_conv_channels(vae_config) -> list[tuple[int, int]]:
@@ -61,14 +68,15 @@ def skip_conv_channels(vae_config) -> list[tuple[int, int]]:
 
 
 def alpha_bar(scheduler_config, timestep: int) -> float:
-    """Cumulative alpha of the base's noise schedule at `timestep` (float64, as the schedulers compute it)."""
+    """Cumulative alpha of the base's noise schedule at `timestep`, in float32 as diffusers' schedulers compute it
+    (the models were trained with that rounding: float64 moves Difix's output by 5e-6)."""
     n = scheduler_config["num_train_timesteps"]
     start, end = scheduler_config["beta_start"], scheduler_config["beta_end"]
     kind = scheduler_config.get("beta_schedule", "linear")
     if kind == "scaled_linear":
-        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float32) ** 2
     elif kind == "linear":
-        betas = torch.linspace(start, end, n, dtype=torch.float64)
+        betas = torch.linspace(start, end, n, dtype=torch.float32)
     else:
         raise ValueError(f"unsupported beta_schedule {kind!r} in the base's scheduler config")
     return torch.cumprod(1.0 - betas, 0)[timestep].item()
@@ -86,8 +94,9 @@ def add_skip_convs(vae: nn.Module) -> None:
 def add_lora(unet: nn.Module, vae: nn.Module, spec: LoraSpec) -> None:
     from peft import LoraConfig
 
-    unet.add_adapter(LoraConfig(r=spec.rank_unet, lora_alpha=spec.alpha_unet, init_lora_weights="gaussian",
-                                target_modules=list(spec.unet_targets)), adapter_name=UNET_ADAPTER)
+    if spec.rank_unet:
+        unet.add_adapter(LoraConfig(r=spec.rank_unet, lora_alpha=spec.alpha_unet, init_lora_weights="gaussian",
+                                    target_modules=list(spec.unet_targets)), adapter_name=UNET_ADAPTER)
     vae_targets = list(spec.vae_targets)
     if spec.vae_scope == "decoder":
         alt = "|".join(re.escape(t) for t in vae_targets)
@@ -113,14 +122,27 @@ def merge_lora(model: nn.Module) -> int:
     return len(wrapped)
 
 
+UNET_SOURCES = ("base", "weights")
+
+
 @dataclass
 class RestorerConfig:
+    """How one forward runs. A recipe (pix2pix-turbo, Difix, ours) is this plus a LoraSpec and a prompt."""
     timestep: int = 999
-    alpha_bar: float = 0.004660098513077238  # sd-turbo's scaled_linear schedule at t=999
+    alpha_bar: float = 0.00466009508818388  # sd-turbo's scaled_linear schedule at t=999 (float32)
     # img2img-turbo feeds the condition image to the VAE encoder in [0, 1]; our own training uses the VAE's [-1, 1].
     input_range: str = "-1,1"
-    skip_gamma: float = 1.0
+    skip_gamma: float = 1.0  # 0 drops the skips (Difix's ignore_skip): skip_conv(0) adds nothing anyway
+    # "base": the base's UNet (+ LoRA and conv_in from the weights); "weights": a fully fine-tuned UNet shipped
+    # with the weights (Difix)
+    unet_source: str = "base"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.input_range not in ("-1,1", "0,1"):
+            raise ValueError(f"input_range must be '-1,1' or '0,1', not {self.input_range!r}")
+        if self.unet_source not in UNET_SOURCES:
+            raise ValueError(f"unet_source must be one of {UNET_SOURCES}, not {self.unet_source!r}")
 
 
 class SplatRestorer(nn.Module):
@@ -128,8 +150,6 @@ class SplatRestorer(nn.Module):
 
     def __init__(self, unet: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor, config: RestorerConfig):
         super().__init__()
-        if config.input_range not in ("-1,1", "0,1"):
-            raise ValueError(f"input_range must be '-1,1' or '0,1', not {config.input_range!r}")
         self.unet, self.vae, self.config = unet, vae, config
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
         self.skip_dropout = 0.0  # set by the trainer; active only in train mode
@@ -174,8 +194,10 @@ class SplatRestorer(nn.Module):
             z0 = self.vae.post_quant_conv(z0)
         h = self._block(dec.mid_block, dec.conv_in(z0))
         for i, (block, tap) in enumerate(zip(dec.up_blocks, reversed(taps)), start=1):
-            tap = F.dropout(tap, p=self.skip_dropout, training=self.training) if self.skip_dropout else tap
-            h = self._block(block, h + getattr(dec, f"skip_conv_{i}")(tap * self.config.skip_gamma))
+            if self.config.skip_gamma:
+                tap = F.dropout(tap, p=self.skip_dropout, training=self.training) if self.skip_dropout else tap
+                h = h + getattr(dec, f"skip_conv_{i}")(tap * self.config.skip_gamma)
+            h = self._block(block, h)
         return dec.conv_out(dec.conv_act(dec.conv_norm_out(h))).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

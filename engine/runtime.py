@@ -8,7 +8,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import __version__
 from .checkpoint import CheckpointInfo
+from .licenses import license_by_id
 from .fastpath import optimize
 from .loading import load_restorer
 from .model import SplatRestorer
@@ -64,16 +66,29 @@ class Restorer:
                              f"{self.tile}, overlap {self.overlap}")
 
     @classmethod
-    def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, **kwargs) -> "Restorer":
-        model, info = load_restorer(weights, base)
+    def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, accept_license: bool = False,
+                        **kwargs) -> "Restorer":
+        model, info = load_restorer(weights, base, accept_license=accept_license)
         return cls(model, info, **kwargs)
 
     def describe(self) -> dict:
         info = self.info
+        lic = license_by_id(info.license) if info else None
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
                 "base": info.base if info else None, "prompt": info.prompt if info else None,
-                "source": info.source if info else None}
+                "source": info.source if info else None, "license": lic.describe() if lic else None}
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Text written into each restored PNG: which model made it, under which licence."""
+        if self.info is None:
+            return {}
+        lic = license_by_id(self.info.license)
+        text = {"Software": f"Splat Restore {__version__}", "Splat Restore model": self.info.source}
+        if lic:
+            text["Splat Restore license"] = lic.describe()
+        return text
 
     @torch.inference_mode()
     def run_model(self, batch: np.ndarray) -> np.ndarray:
@@ -82,7 +97,11 @@ class Restorer:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.forward(x.to(self.dtype) * 2 - 1)
-        return ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        out = ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        if self.dtype != torch.float32 and np.isnan(out).any():  # the VAE configs say force_upcast: be sure
+            raise RuntimeError(f"the model overflowed in {str(self.dtype).replace('torch.', '')} on this frame; "
+                               f"restore it with --dtype fp32")
+        return out
 
     def restore(self, images: Iterable[np.ndarray], tiled: bool = True) -> list[np.ndarray]:
         """tiled=False restores each image in one piece whatever --tile says (face crops at the model's size)."""

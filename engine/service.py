@@ -186,17 +186,21 @@ def serve(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
     from .face_restore import FrameRestorer
+    from .licenses import LicenseNotAccepted
     from .runtime import Restorer
 
-    def ready_failure(message: str) -> int:
+    def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:
         protocol_out.write(protocol.encode({"event": "ready", "ok": False, "version": __version__,
-                                            "error": {"code": Code.LOAD_FAILED, "message": message}}))
+                                            "error": {"code": code, "message": message}}))
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        return exit_code
 
     try:
-        restorer = Restorer.from_pretrained(args.weights, args.base, device=args.device, dtype=args.dtype,
-                                            batch_size=args.batch_size, tile=args.tile, compile=args.compile)
+        restorer = Restorer.from_pretrained(args.weights, args.base, args.accept_license, device=args.device,
+                                            dtype=args.dtype, batch_size=args.batch_size, tile=args.tile,
+                                            compile=args.compile)
+    except LicenseNotAccepted as e:  # refused before anything loaded; exit 2 like the CLI's usage errors
+        return ready_failure(str(e), Code.LICENSE_NOT_ACCEPTED, exit_code=2)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
     info = restorer.info

@@ -19,6 +19,7 @@ pytest.importorskip("mediapipe")
 class Identity:
     """A restorer that changes nothing: what the paste adds must then be nothing."""
     model_size, batch_size = 512, 8
+    provenance = {}
 
     def __init__(self):
         self.calls = []

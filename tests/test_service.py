@@ -234,7 +234,7 @@ def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_
     from engine.service import Service
 
     class Exploding:
-        batch_size = 2
+        batch_size, provenance = 2, {}
 
         def restore(self, images, modes):
             raise KeyError("simulated bug")

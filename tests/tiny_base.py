@@ -97,3 +97,55 @@ def write_tiny_checkpoint(base_folder: Path, out: Path, seed: int = 1) -> Path:
                                                base_fingerprint=base.fingerprint,
                                                prompt="a clean render of a face", source="tests"))
     return out
+
+
+DIFIX_VAE_TARGETS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out",
+                     "skip_conv_1", "skip_conv_2", "skip_conv_3", "skip_conv_4", "to_k", "to_q", "to_v", "to_out.0")
+
+
+def difix_vae(vae_config: dict, lora_rank: int):
+    """A VAE wrapped the way Difix3D's src/model.py does it: skip convs on the decoder, then a peft adapter named
+    'vae_skip' on every decoder module whose name ends in one of its targets (an explicit name list)."""
+    from diffusers import AutoencoderKL
+    from peft import LoraConfig
+
+    vae = AutoencoderKL.from_config({k: v for k, v in vae_config.items() if k not in ("lora_rank", "gamma",
+                                                                                      "ignore_skip")})
+    # Difix hard-codes SD's (512, 512), (256, 512), (128, 512), (128, 256); these are the tiny VAE's
+    for i, (cin, cout) in enumerate([(32, 32), (16, 32), (8, 32), (8, 16)], start=1):
+        conv = torch.nn.Conv2d(cin, cout, kernel_size=1, bias=False)
+        torch.nn.init.constant_(conv.weight, 1e-5)
+        setattr(vae.decoder, f"skip_conv_{i}", conv)
+    names = [n for n, _ in vae.named_modules() if "decoder" in n and any(n.endswith(t) for t in DIFIX_VAE_TARGETS)]
+    vae.add_adapter(LoraConfig(r=lora_rank, init_lora_weights="gaussian", target_modules=names),
+                    adapter_name="vae_skip")
+    return vae
+
+
+def make_tiny_difix(folder: Path, seed: int = 3, lora_rank: int = 4, gamma: float = 1.0) -> Path:
+    """A tiny model in Difix's published layout, with the real key names: fine-tuned UNet, peft-wrapped decoder."""
+    from safetensors.torch import save_file
+
+    folder = make_tiny_base(Path(folder), seed=seed)
+    from diffusers import UNet2DConditionModel
+
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():  # "fully fine-tuned": every weight moved a little
+        for p in unet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    unet.save_pretrained(folder / "unet")
+    config = {k: v for k, v in json.loads((folder / "vae" / "config.json").read_text()).items()}
+    config.update(lora_rank=lora_rank, gamma=gamma, ignore_skip=False)
+    torch.manual_seed(seed)
+    vae = difix_vae(config, lora_rank)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if "lora_B" in name or "skip_conv" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
+              str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    (folder / "vae" / "config.json").write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DifixPipeline"}))
+    return folder

@@ -35,6 +35,7 @@ class Code:
     CANCELLED = "cancelled"
     ENGINE_ERROR = "engine_error"
     LOAD_FAILED = "load_failed"
+    LICENSE_NOT_ACCEPTED = "license_not_accepted"  # third-party weights whose licence was not accepted
 
 
 class ProtocolError(ValueError):
