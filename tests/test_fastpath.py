@@ -21,3 +21,14 @@ def test_bench_compares_reference_and_fast_path(tiny_base, capsys):
         assert row["reference_ms_per_frame"] > 0 and row["fast_ms_per_frame"] > 0 and row["speedup"] > 0
     assert r["tflop_per_frame"] > 0
 
+
+
+def test_half_precision_overflow_fails_the_frame_with_advice(tiny_weights):
+    import numpy as np
+
+    from engine.runtime import Restorer
+
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", dtype="fp16", compile="off")
+    restorer.forward = lambda x: x * float("nan")  # what an fp16 overflow in the VAE looks like after clamp
+    with pytest.raises(RuntimeError, match="--dtype fp32"):
+        restorer.restore([np.zeros((64, 64, 3), np.float32)])

@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("evaluate", help="LPIPS / PSNR / SSIM of restored vs degraded inputs, as JSON + a grid")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True,
+                   help="a checkpoint, or nvidia/difix / a Difix folder as the baseline to beat")
+    p.add_argument("--accept-license", action="store_true",
+                   help="accept the licence of third-party weights (NVIDIA Difix: non-commercial use only)")
     p.add_argument("--pairs", required=True)
     p.add_argument("--split", default="test", help="test, train or all")
     p.add_argument("--base", default=None)
@@ -160,7 +163,8 @@ def cmd_train(a) -> int:
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate, write_json
 
-    result = evaluate(a.weights, a.pairs, a.split, a.base, a.device, a.vgg_weights, a.random_vgg, a.grid)
+    result = evaluate(a.weights, a.pairs, a.split, a.base, a.device, a.vgg_weights, a.random_vgg, a.grid,
+                      accept_license=a.accept_license)
     print(json.dumps(result, indent=1))
     if a.output:
         write_json(Path(a.output), result)

@@ -39,9 +39,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate(weights: str, pairs: str, split: str = "test", base: str | None = None, device: str = "auto",
              vgg_weights: str | None = None, random_vgg: bool = False, grid: str | None = None,
-             grid_count: int = 6, batch_size: int = 1) -> dict:
+             grid_count: int = 6, batch_size: int = 1, accept_license: bool = False) -> dict:
     data = PairDataset(pairs, split, size=1)
-    restorer = Restorer.from_pretrained(weights, base, device=device, batch_size=batch_size)
+    restorer = Restorer.from_pretrained(weights, base, accept_license, device=device, batch_size=batch_size)
     perceptual = PerceptualLoss(vgg_weights, random_init=random_vgg).to(restorer.device)
     sums = {"restored": {"lpips": 0.0, "psnr": 0.0, "ssim": 0.0}, "degraded": {"lpips": 0.0, "psnr": 0.0, "ssim": 0.0}}
     rows = []
