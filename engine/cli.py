@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from blender_addon.engine_link.licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseNotAccepted
 from blender_addon.engine_link.protocol import FACE_MODES
 
 from . import __version__
 from .base import DEFAULT_BASE, BaseModelError
 from .checkpoint import CheckpointError
 from .jobs import UsageError
-from .licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseNotAccepted
 
 WEIGHTS_HELP = ("a Splat Restore checkpoint (.safetensors), or weights in Difix's published layout: a folder, or "
                 "the hub id nvidia/difix from the HF cache (`python -m engine fetch nvidia/difix`)")
@@ -193,7 +193,7 @@ def cmd_info(a) -> int:
     else:
         from dataclasses import asdict
 
-        from .licenses import license_by_id
+        from blender_addon.engine_link.licenses import license_by_id
         from .loading import read_recipe
 
         recipe = read_recipe(a.weights)
@@ -209,7 +209,7 @@ def cmd_fetch(a) -> int:
     folder = fetch_base(a.base)
     print(f"{a.base} -> {folder}")
     from .loading import read_recipe
-    from .licenses import license_by_id
+    from blender_addon.engine_link.licenses import license_by_id
 
     try:
         lic = license_by_id(read_recipe(folder).license)

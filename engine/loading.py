@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
+from blender_addon.engine_link.licenses import require_acceptance
+
 from . import published
 from .base import BaseModel, build_base_from_configs, load_base, resolve_base
 from .checkpoint import CheckpointError, CheckpointInfo, load_trainable_state, read_checkpoint, read_info
-from .licenses import require_acceptance
 from .model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar, merge_lora
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pkl", ".pt", ".pth", ".ckpt", ".bin")

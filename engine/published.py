@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from blender_addon.engine_link.licenses import NVIDIA_DIFIX
+
 from .base import BaseModelError, encode_prompt, read_config
 from .checkpoint import CheckpointError, CheckpointInfo
-from .licenses import NVIDIA_DIFIX
 from .model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar
 
 VAE_RECIPE_KEYS = ("lora_rank", "gamma", "ignore_skip")

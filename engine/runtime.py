@@ -8,9 +8,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from blender_addon.engine_link.licenses import license_by_id
+
 from . import __version__
 from .checkpoint import CheckpointInfo
-from .licenses import license_by_id
 from .fastpath import optimize
 from .loading import load_restorer
 from .model import SplatRestorer

@@ -186,7 +186,7 @@ def serve(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
     from .face_restore import FrameRestorer
-    from .licenses import LicenseNotAccepted
+    from blender_addon.engine_link.licenses import LicenseNotAccepted
     from .runtime import Restorer
 
     def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:

@@ -90,7 +90,7 @@ def test_published_layout_has_the_real_key_names(difix):
 
 
 def test_recipe_is_read_from_the_configs(difix):
-    from engine.licenses import NVIDIA_DIFIX
+    from blender_addon.engine_link.licenses import NVIDIA_DIFIX
     from engine.loading import read_recipe
     from engine.model import alpha_bar
 
@@ -157,7 +157,7 @@ def test_fp16_is_the_closer_half_precision_so_gpus_use_it(difix):
 
 def test_licence_refusal_loads_nothing(difix, monkeypatch):
     import engine.published
-    from engine.licenses import LicenseNotAccepted
+    from blender_addon.engine_link.licenses import LicenseNotAccepted
     from engine.loading import load_restorer
 
     monkeypatch.setattr(engine.published, "load_published", lambda *a: pytest.fail("loaded before the gate"))

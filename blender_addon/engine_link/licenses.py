@@ -1,4 +1,5 @@
-"""Licences of third-party weights the engine can run, and the acceptance gate in front of them.
+"""Licences of third-party weights the engine can run, and the acceptance gate in front of them. Standard library
+only: the engine enforces the gate, the add-on shows the same text beside its acceptance box.
 
 The gate is checked before anything is loaded or written: a refusal costs nothing and leaves no file behind.
 """
