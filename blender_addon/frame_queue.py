@@ -86,6 +86,8 @@ class EngineManager:
     def client_for(self, settings: EngineSettings) -> EngineClient:
         if self.client is not None and settings != self.settings:
             self.stop()
+        elif self.client is not None:  # same engine; the time limits may have changed, and apply from now
+            self.settings = self.client.settings = settings
         if self.client is None or not self.client.alive:
             self.settings = settings
             self.client = EngineClient(settings)

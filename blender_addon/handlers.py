@@ -53,7 +53,7 @@ def on_render_write(scene, *_):
         still += render.file_extension
     frame = newest_existing([render.frame_path(frame=scene.frame_current), still])
     if frame is None:
-        _log(f"Splat Restore: cannot find the frame Blender just wrote ({render.filepath})")
+        queue.report.failed.append((render.filepath, "cannot find the frame Blender just wrote"))
         return
     queue.submit(frame)
 

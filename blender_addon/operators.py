@@ -175,13 +175,18 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
     bl_idname = "splat_restore.restore_folder"
     bl_label = "Restore Folder"
 
-    input_dir: bpy.props.StringProperty(name="Input Folder", subtype="DIR_PATH")
+    # not remembered between calls: the panel's button must open the picker every time
+    input_dir: bpy.props.StringProperty(name="Input Folder", subtype="DIR_PATH", options={"SKIP_SAVE"})
     output_dir: bpy.props.StringProperty(name="Output Folder", subtype="DIR_PATH",
                                          description="Empty: a 'restored' folder inside the input folder")
     recursive: bpy.props.BoolProperty(name="Recursive", default=False)
     # filled by the folder picker (Blender's file browser writes the chosen folder into `directory`)
     directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def draw(self, context):  # the picker's side panel: the chosen folder is the input
+        self.layout.prop(self, "output_dir")
+        self.layout.prop(self, "recursive")
 
     def invoke(self, context, event):
         if self.input_dir or bpy.app.background:

@@ -20,16 +20,19 @@ def _png(path: Path, seed=0) -> Path:
 
 def _renders(root: Path) -> None:
     for name in ("f_10.png", "f_2.png", "f_1.png", "sub/f_3.png", ".hidden.png", "notes.txt",
-                 ".f_1.0123abcd.partial.png", "f_9.partial.png", ".cache/f_4.png", "restored/f_1.png"):
-        _png(root / name) if name.endswith(".png") else (root / name).write_text("x")
+                 ".f_1.0123abcd.partial.png", "f_9.partial.png", "f_8.png.partial", "take.partial_v2.png", ".cache/f_4.png", "restored/f_1.png"):
+        if name.endswith(".png"):
+            _png(root / name)
+        else:
+            (root / name).write_text("x")
 
 
 def test_the_scan_skips_temporary_files_and_the_output_and_sorts_naturally(tmp_path):
     _renders(tmp_path)
     rel = [p.relative_to(tmp_path).as_posix() for p in scan_folder(tmp_path, tmp_path / "restored")]
-    assert rel == ["f_1.png", "f_2.png", "f_10.png"]
+    assert rel == ["f_1.png", "f_2.png", "f_10.png", "take.partial_v2.png"]
     rel = [p.relative_to(tmp_path).as_posix() for p in scan_folder(tmp_path, tmp_path / "restored", recursive=True)]
-    assert rel == ["f_1.png", "f_2.png", "f_10.png", "sub/f_3.png"]
+    assert rel == ["f_1.png", "f_2.png", "f_10.png", "sub/f_3.png", "take.partial_v2.png"]
 
 
 def test_the_add_on_and_the_command_line_pick_the_same_files(tmp_path):
@@ -38,7 +41,7 @@ def test_the_add_on_and_the_command_line_pick_the_same_files(tmp_path):
     for recursive in (False, True):
         addon = folder_items(tmp_path, out, recursive)
         cli = [(i.input, i.output) for i in collect_items([tmp_path], out, recursive)]
-        assert addon == cli and not [p for p, _ in addon if "partial" in p.name or p.name.startswith(".")]
+        assert addon == cli and not [p for p, _ in addon if ".partial." in p.name or p.name.startswith(".")]
 
 
 def test_the_scan_knows_every_format_the_engine_reads_or_refuses_by_name():

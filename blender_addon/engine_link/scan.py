@@ -13,8 +13,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", "
 
 
 def is_temporary(name: str) -> bool:
-    """Hidden files and the engine's own half-written outputs (engine/atomic.py: `.NAME.XXXXXXXX.partial.png`)."""
-    return name.startswith(".") or ".partial" in name
+    """Hidden files and half-written outputs: the engine's (engine/atomic.py: `.NAME.XXXXXXXX.partial.png`) and
+    any other writer's `NAME.partial.png` / `NAME.png.partial`."""
+    return name.startswith(".") or re.search(r"\.partial(\.|$)", name) is not None
 
 
 def natural_key(path: Path) -> tuple:
