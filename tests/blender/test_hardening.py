@@ -64,6 +64,8 @@ def test_restore_folder_without_a_folder_is_refused_and_writes_nothing(addon, tm
     monkeypatch.chdir(tmp_path)  # today's "" became "." : Blender's working directory
     with pytest.raises(RuntimeError, match="no input folder chosen"):
         bpy.ops.splat_restore.restore_folder(input_dir="")
+    with pytest.raises(RuntimeError, match="no input folder chosen"):  # as the panel's button calls it
+        bpy.ops.splat_restore.restore_folder("INVOKE_DEFAULT")
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
@@ -135,3 +137,15 @@ def test_a_background_render_exits_non_zero_when_its_restores_failed(tiny_weight
         assert "0 restored, 3 failed" in r.stderr
     if behaviour == "copy":
         assert len(list((tmp_path / "out" / "restored").glob("f_*.png"))) == 3
+
+
+def test_restore_folder_skips_partial_files_and_its_own_output(scene, tmp_path):
+    saved = tmp_path / "saved"
+    scene.render.filepath = str(saved / "r_####")
+    bpy.ops.render.render(animation=True)
+    (saved / ".r_0004.0123abcd.partial.png").write_bytes((saved / "r_0001.png").read_bytes())
+    for _ in range(2):  # the second run must not restore the first run's outputs
+        assert bpy.ops.splat_restore.restore_folder(input_dir=str(saved), recursive=True) == {"FINISHED"}
+    assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*.png") if "partial" not in p.name) == [
+        "r_0001.png", "r_0002.png", "r_0003.png", "restored/r_0001.png", "restored/r_0002.png",
+        "restored/r_0003.png"]
