@@ -17,9 +17,9 @@ RESTORED_FOLDER = "restored"
 
 
 def check_restored_folder(folder: str) -> str:
-    """The scene's "Folder" setting, refused unless it names a folder strictly inside the output folder: anything
-    else (empty, ".", absolute, or out through "..") would put restored frames over the renders or outside the shot.
-    """
+    """The scene's "Folder" setting, normalized ("a/../b" is "b", so no stray "a" is created), and refused unless it
+    names a folder strictly inside the output folder: anything else (empty, ".", absolute, or out through "..")
+    would put restored frames over the renders or outside the shot."""
     text = folder.strip()
     where = f"Splat Restore's Folder setting {folder!r}"
     if not text:
@@ -41,7 +41,7 @@ def check_restored_folder(folder: str) -> str:
     if not parts:
         raise ValueError(f"{where} is the output folder itself: restored frames would overwrite the renders. "
                          f"Name a subfolder (e.g. {RESTORED_FOLDER!r}) or turn on In Place")
-    return text
+    return "/".join(parts)
 
 
 def restored_path(frame: str | os.PathLike, in_place: bool = False, folder: str = RESTORED_FOLDER) -> Path:

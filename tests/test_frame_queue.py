@@ -15,7 +15,7 @@ def test_restored_frames_go_to_a_sibling_folder_or_in_place():
     assert restored_path(frame) == Path("renders") / "restored" / "shot_0007.png"
     assert restored_path(frame, in_place=True) == frame
     assert restored_path(frame, folder="fixed") == Path("renders") / "fixed" / "shot_0007.png"
-    assert restored_path(frame, folder="a/../fixed/x") == Path("renders") / "a/../fixed/x" / "shot_0007.png"
+    assert restored_path(frame, folder="a/../fixed\\x") == Path("renders") / "fixed" / "x" / "shot_0007.png"
 
 
 @pytest.mark.parametrize("folder, problem", [

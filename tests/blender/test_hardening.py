@@ -149,3 +149,12 @@ def test_restore_folder_skips_partial_files_and_its_own_output(scene, tmp_path):
     assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*.png") if "partial" not in p.name) == [
         "r_0001.png", "r_0002.png", "r_0003.png", "restored/r_0001.png", "restored/r_0002.png",
         "restored/r_0003.png"]
+
+
+def test_refresh_lists_the_engine_devices_in_the_menu(addon):
+    from blender_addon.preferences import DeviceMenu
+
+    assert bpy.ops.splat_restore.refresh_devices() == {"FINISHED"}
+    assert DeviceMenu.listed[0][0] == "cpu"  # this machine has no GPU
+    addon.device_menu = "cpu"
+    assert addon.device == "cpu"
