@@ -21,7 +21,7 @@ def check_restored_folder(folder: str) -> str:
     names a folder strictly inside the output folder: anything else (empty, ".", absolute, or out through "..")
     would put restored frames over the renders or outside the shot."""
     text = folder.strip()
-    where = f"Splat Restore's Folder setting {folder!r}"
+    where = f"the Folder setting {folder!r}"
     if not text:
         raise ValueError(f"{where} is empty: restored frames would overwrite the renders. Name a subfolder "
                          f"(e.g. {RESTORED_FOLDER!r}) or turn on In Place")
