@@ -8,17 +8,46 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings, find_venv_python
+from .engine_link.scan import scan_folder
 
 RESTORED_FOLDER = "restored"
 
 
+def check_restored_folder(folder: str) -> str:
+    """The scene's "Folder" setting, normalized ("a/../b" is "b", so no stray "a" is created), and refused unless it
+    names a folder strictly inside the output folder: anything else (empty, ".", absolute, or out through "..")
+    would put restored frames over the renders or outside the shot."""
+    text = folder.strip()
+    where = f"the Folder setting {folder!r}"
+    if not text:
+        raise ValueError(f"{where} is empty: restored frames would overwrite the renders. Name a subfolder "
+                         f"(e.g. {RESTORED_FOLDER!r}) or turn on In Place")
+    windows = PureWindowsPath(text)
+    if text.startswith(("/", "\\")) or windows.drive or windows.root:  # "//" too: Blender's blend-relative prefix
+        raise ValueError(f"{where} is an absolute path: it must be a subfolder of the output folder, "
+                         f"e.g. {RESTORED_FOLDER!r}")
+    parts = []
+    for part in PurePosixPath(text.replace("\\", "/")).parts:
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{where} leads out of the output folder through '..': it must be a subfolder "
+                                 f"of the output folder, e.g. {RESTORED_FOLDER!r}")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{where} is the output folder itself: restored frames would overwrite the renders. "
+                         f"Name a subfolder (e.g. {RESTORED_FOLDER!r}) or turn on In Place")
+    return "/".join(parts)
+
+
 def restored_path(frame: str | os.PathLike, in_place: bool = False, folder: str = RESTORED_FOLDER) -> Path:
-    """Where a restored frame goes: `<frame dir>/restored/<same name>`, or the frame itself when in place."""
+    """Where a restored frame goes: `<frame dir>/<folder>/<same name>`, or the frame itself when in place."""
     frame = Path(frame)
-    return frame if in_place else frame.parent / folder / frame.name
+    return frame if in_place else frame.parent / check_restored_folder(folder) / frame.name
 
 
 def newest_existing(candidates) -> Path | None:
@@ -54,15 +83,17 @@ class EngineManager:
             return "busy" if self.client._pending else "ready"
         return "error" if self.last_error else "stopped"
 
-    def client_for(self, settings: EngineSettings, timeout: float = 300.0) -> EngineClient:
+    def client_for(self, settings: EngineSettings) -> EngineClient:
         if self.client is not None and settings != self.settings:
             self.stop()
+        elif self.client is not None:  # same engine; the time limits may have changed, and apply from now
+            self.settings = self.client.settings = settings
         if self.client is None or not self.client.alive:
             self.settings = settings
             self.client = EngineClient(settings)
             self.starting = True
             try:
-                self.client.start(timeout)
+                self.client.start()
                 self.last_error = ""
             except EngineError as e:
                 self.last_error = str(e)
@@ -103,28 +134,40 @@ class QueueReport:
 
 
 class FrameQueue:
-    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto"):
+    """The frames of one render. `in_place` alone decides whether a frame may be replaced; otherwise it goes to
+    `folder` beside it (checked by check_restored_folder before the render starts)."""
+
+    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto",
+                 in_place: bool = False, folder: str = RESTORED_FOLDER):
         self.manager, self.settings, self.max_restarts, self.faces = manager, settings, max_restarts, faces
-        self.pending: list = []  # (src, dst, Request)
+        self.in_place, self.folder = in_place, folder if in_place else check_restored_folder(folder)
+        self.pending: list = []  # (src, dst, EngineClient, Request)
         self.report = QueueReport()
 
-    def submit(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    def submit(self, frame: str | os.PathLike) -> None:
         """Hand one written frame to the engine; returns at once (the first call may wait for the engine to load)."""
-        src, dst = str(src), str(dst)
-        options = {"overwrite": True, "in_place": os.path.normcase(src) == os.path.normcase(dst), "faces": self.faces}
+        self._send(str(frame), str(restored_path(frame, self.in_place, self.folder)))
+
+    def _send(self, src: str, dst: str) -> None:
+        options = {"overwrite": True, "in_place": self.in_place, "faces": self.faces}
+        client = self.manager.client
+        if client is not None and client.alive:  # frames keep coming while a hung engine holds earlier ones
+            client.check_hung()
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            request = self._client().restore([(src, dst)], **options)
+            client = self._client()
+            request = client.restore([(src, dst)], **options)
         except EngineDied:  # it died between two frames: one restart, then this frame again
             try:
-                request = self._client().restore([(src, dst)], **options)
+                client = self._client()
+                request = client.restore([(src, dst)], **options)
             except EngineError as e:
                 self.report.failed.append((src, str(e)))
                 return
         except (EngineError, OSError) as e:
             self.report.failed.append((src, str(e)))
             return
-        self.pending.append((src, dst, request))
+        self.pending.append((src, dst, client, request))
 
     def _client(self) -> EngineClient:
         m = self.manager
@@ -140,14 +183,15 @@ class FrameQueue:
         done = len(self.report.restored) + len(self.report.failed) + sum(1 for *_, r in self.pending if r.done)
         return done, done + sum(1 for *_, r in self.pending if not r.done)
 
-    def drain(self, timeout: float | None = None) -> QueueReport:
-        """Wait for every frame; frames lost to an engine crash are sent again once to a restarted engine."""
+    def drain(self) -> QueueReport:
+        """Wait for every frame; frames lost to an engine crash are sent again once to a restarted engine, and an
+        engine silent for settings.stall_timeout is stopped, failing its frames."""
         while self.pending:
             batch, self.pending = self.pending, []
             lost = []
-            for src, dst, request in batch:
+            for src, dst, client, request in batch:
                 try:
-                    result = request.wait(timeout)
+                    result = client.wait(request)
                     self.report.restored.append(dst)
                     for item in result.get("items", []):
                         self.report.faces += len(item.get("faces", []))
@@ -160,10 +204,8 @@ class FrameQueue:
                         self.report.cancelled += 1
                     else:
                         self.report.failed.append((src, str(e)))
-                except TimeoutError as e:
-                    self.report.failed.append((src, str(e)))
             for src, dst in lost:
-                self.submit(src, dst)  # restarts the engine once; after that each lost frame fails with the reason
+                self._send(src, dst)  # restarts the engine once; after that each lost frame fails with the reason
         return self.report
 
     def cancel(self) -> None:
@@ -176,19 +218,16 @@ class FrameQueue:
                     pass
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
-
-
 def folder_items(input_dir: str | os.PathLike, output_dir: str | os.PathLike | None,
                  recursive: bool = False) -> list[tuple[Path, Path]]:
     """(input, output) pairs for a folder of saved renders; output defaults to `<input_dir>/restored`."""
+    if not str(input_dir).strip():  # Path("") is the working directory: never restore that by accident
+        raise ValueError("no input folder given: choose the folder of saved renders to restore")
     src = Path(input_dir)
     if not src.is_dir():
         raise ValueError(f"input folder {src} does not exist")
     dst = Path(output_dir) if output_dir else src / RESTORED_FOLDER
-    files = src.rglob("*") if recursive else src.glob("*")
-    items = [(p, dst / p.relative_to(src)) for p in sorted(files)
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and dst not in p.parents]
+    items = [(p, dst / p.relative_to(src)) for p in scan_folder(src, dst, recursive)]
     if not items:
         raise ValueError(f"no images (PNG, JPEG, TIFF, WebP) in {src}" + ("" if recursive else
                                                                            " (subfolders need Recursive)"))

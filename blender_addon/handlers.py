@@ -4,7 +4,8 @@ import sys
 import bpy
 from bpy.app.handlers import persistent
 
-from .frame_queue import FrameQueue, newest_existing, restored_path
+from .exit_status import FAILURES, fail_on_errors
+from .frame_queue import FrameQueue, newest_existing
 from .preferences import engine_settings
 from .state import MANAGER, RenderState
 
@@ -16,20 +17,29 @@ def _log(text):
     print(text, file=sys.stderr, flush=True)
 
 
+def _failed(scene, summary: str) -> None:
+    """A farm (blender -b) must see it: the process will exit non-zero unless the scene or $ENV opts out."""
+    if bpy.app.background and fail_on_errors(scene.splat_restore.fail_on_errors):
+        FAILURES.record(summary)
+
+
 @persistent
 def on_render_init(scene, *_):
-    RenderState.queue, RenderState.refusal = None, ""
+    RenderState.queue = None
     settings = getattr(scene, "splat_restore", None)
     if settings is None or not settings.auto_restore:
         return
     fmt = scene.render.image_settings.file_format
-    if fmt in FLOAT_FORMATS:
-        RenderState.refusal = (f"Splat Restore: {fmt} frames are not restored (scene-linear float; the restorer "
-                               f"works on display-referred sRGB). Render PNG or TIFF, 8 or 16 bit")
-        RenderState.last_report = RenderState.refusal
-        _log(RenderState.refusal)
-        return
-    RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=scene.splat_restore.faces)
+    try:
+        if fmt in FLOAT_FORMATS:
+            raise ValueError(f"{fmt} frames are not restored (scene-linear float; the restorer works on "
+                             f"display-referred sRGB). Render PNG or TIFF, 8 or 16 bit")
+        RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=settings.faces, in_place=settings.in_place,
+                                       folder=settings.folder)
+    except ValueError as e:  # refused before the first frame, so nothing is written anywhere
+        RenderState.last_report = f"Splat Restore: {e}"
+        _log(RenderState.last_report)
+        _failed(scene, RenderState.last_report)
 
 
 @persistent
@@ -43,30 +53,32 @@ def on_render_write(scene, *_):
         still += render.file_extension
     frame = newest_existing([render.frame_path(frame=scene.frame_current), still])
     if frame is None:
-        _log(f"Splat Restore: cannot find the frame Blender just wrote ({render.filepath})")
+        queue.report.failed.append((render.filepath, "cannot find the frame Blender just wrote"))
         return
-    settings = scene.splat_restore
-    queue.submit(frame, restored_path(frame, settings.in_place, settings.folder))
+    queue.submit(frame)
 
 
-def _finish(cancelled: bool):
+def _finish(scene, cancelled: bool):
     queue, RenderState.queue = RenderState.queue, None
     if queue is None:
         return
     if cancelled:
         queue.cancel()
-    RenderState.last_report = queue.drain().summary()
+    report = queue.drain()
+    RenderState.last_report = report.summary()
     _log(RenderState.last_report)
+    if report.failed:
+        _failed(scene, RenderState.last_report)
 
 
 @persistent
 def on_render_complete(scene, *_):
-    _finish(cancelled=False)
+    _finish(scene, cancelled=False)
 
 
 @persistent
 def on_render_cancel(scene, *_):
-    _finish(cancelled=True)
+    _finish(scene, cancelled=True)
 
 
 HANDLERS = [("render_init", on_render_init), ("render_write", on_render_write),

@@ -29,7 +29,7 @@ class EngineJob:
             try:
                 client = MANAGER.client_for(self.settings)
                 self.request = self.make_request(client)
-                self.result, self.error = self.request.wait(), None
+                self.result, self.error = client.wait(self.request), None
                 return
             except EngineDied as e:
                 self.error = e
@@ -175,12 +175,38 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
     bl_idname = "splat_restore.restore_folder"
     bl_label = "Restore Folder"
 
-    input_dir: bpy.props.StringProperty(name="Input Folder", subtype="DIR_PATH")
+    # not remembered between calls: the panel's button must open the picker every time
+    input_dir: bpy.props.StringProperty(name="Input Folder", subtype="DIR_PATH", options={"SKIP_SAVE"})
     output_dir: bpy.props.StringProperty(name="Output Folder", subtype="DIR_PATH",
                                          description="Empty: a 'restored' folder inside the input folder")
     recursive: bpy.props.BoolProperty(name="Recursive", default=False)
+    # filled by the folder picker (Blender's file browser writes the chosen folder into `directory`)
+    directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def draw(self, context):  # the picker's side panel: the chosen folder is the input
+        self.layout.prop(self, "output_dir")
+        self.layout.prop(self, "recursive")
+
+    def invoke(self, context, event):
+        if self.input_dir or bpy.app.background:
+            return super().invoke(context, event)
+        self._picked = True
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        if not self.input_dir and self.directory:
+            self.input_dir = self.directory
+        if getattr(self, "_picked", False) and not bpy.app.background:  # back from the picker: progress, Esc
+            self._picked = False
+            return super().invoke(context, None)
+        return super().execute(context)
 
     def prepare(self, context):
+        if not self.input_dir.strip():
+            raise ValueError("no input folder chosen: pick the folder of saved renders (Restore Folder in the "
+                             "panel opens a folder browser)")
         items = folder_items(bpy.path.abspath(self.input_dir),
                              bpy.path.abspath(self.output_dir) if self.output_dir else None, self.recursive)
         for _, out in items:

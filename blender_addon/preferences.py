@@ -1,9 +1,29 @@
-"""Add-on preferences: which engine interpreter, which weights, which device; engine status and Stop Engine."""
+"""Add-on preferences: the engine interpreter, weights, device and speed settings, time limits; engine status."""
 import bpy
 
+from . import devices
 from .engine_link.client import EngineSettings
 from .frame_queue import default_engine_python
 from .state import MANAGER
+
+
+class DeviceMenu:
+    listed = []  # what Refresh got from the engine
+    items = []  # Blender keeps no copy of dynamic enum strings: they must stay referenced here
+
+
+def _device_items(prefs, context):
+    DeviceMenu.items = devices.menu(DeviceMenu.listed, prefs.device)
+    return DeviceMenu.items
+
+
+def _get_device_index(prefs):
+    ids = [i[0] for i in devices.menu(DeviceMenu.listed, prefs.device)]
+    return ids.index(prefs.device) if prefs.device in ids else 0
+
+
+def _set_device_index(prefs, index):
+    prefs.device = devices.menu(DeviceMenu.listed, prefs.device)[index][0]
 
 
 class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
@@ -17,9 +37,28 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
                                       description="Restorer checkpoint (.safetensors)")
     base: bpy.props.StringProperty(name="Base Model", default="",
                                    description="Diffusers folder or hub id; empty: the one named in the weights")
-    device: bpy.props.EnumProperty(name="Device", default="auto", items=[
-        ("auto", "Auto", "CUDA, then Metal, then CPU"), ("cuda", "CUDA", ""), ("mps", "Metal", ""),
-        ("cpu", "CPU", "")])
+    device: bpy.props.StringProperty(name="Device", default="auto",
+                                     description="auto, cpu, cuda, cuda:N or mps, as the engine's --device")
+    device_menu: bpy.props.EnumProperty(name="Device", items=_device_items, get=_get_device_index,
+                                        set=_set_device_index, description="Devices the engine reported (Refresh)")
+    batch_size: bpy.props.IntProperty(
+        name="Batch Size", default=1, min=1, max=64,
+        description="Frames (or tiles, or faces) per model call; frames queued during a render are batched. "
+                    "Larger is faster on a GPU with memory to spare")
+    tile: bpy.props.IntProperty(name="Tile", default=0, min=0, soft_max=2048,
+                                description="Tile size for frames larger than it; 0: the model's size (512)")
+    min_face: bpy.props.IntProperty(name="Smallest Face", default=72, min=8, subtype="PIXEL",
+                                    description="Smallest face side searched for in Faces mode (smaller: slower)")
+    compile: bpy.props.EnumProperty(name="Compile", default="auto", items=[
+        ("auto", "Auto", "torch.compile on CUDA only (the first frame of each size compiles)"),
+        ("on", "On", ""), ("off", "Off", "No compile: the first frame is not slower than the rest")])
+    startup_timeout: bpy.props.FloatProperty(
+        name="Start-up Limit", default=300.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
+        description="Seconds the engine may take to load the model before it is stopped with an error")
+    stall_timeout: bpy.props.FloatProperty(
+        name="Per-Frame Limit", default=600.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
+        description="Seconds the engine may go without finishing a frame (while frames are waiting) before it "
+                    "is stopped as hung and those frames fail; the first frame of a size may compile for minutes")
 
     def draw(self, context):
         layout = self.layout
@@ -28,12 +67,38 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
             layout.label(text=f"Using: {default_engine_python() or 'nothing found'}")
         layout.prop(self, "weights")
         layout.prop(self, "base")
-        layout.prop(self, "device")
+        row = layout.row()
+        row.prop(self, "device_menu")
+        row.operator("splat_restore.refresh_devices", text="", icon="FILE_REFRESH")
+        row = layout.row()
+        row.prop(self, "batch_size")
+        row.prop(self, "tile")
+        row = layout.row()
+        row.prop(self, "min_face")
+        row.prop(self, "compile")
+        row = layout.row()
+        row.prop(self, "startup_timeout")
+        row.prop(self, "stall_timeout")
         row = layout.row()
         row.label(text=f"Engine: {MANAGER.status}")
         row.operator("splat_restore.stop_engine")
         if MANAGER.last_error:
             layout.label(text=MANAGER.last_error.splitlines()[0], icon="ERROR")
+
+
+class SPLATRESTORE_OT_refresh_devices(bpy.types.Operator):
+    """Ask the engine which devices it can use (GPUs with their memory)"""
+    bl_idname = "splat_restore.refresh_devices"
+    bl_label = "Refresh Devices"
+
+    def execute(self, context):
+        try:
+            DeviceMenu.listed = devices.list_devices(engine_settings(context).python)
+        except ValueError as e:
+            self.report({"ERROR"}, f"Splat Restore: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Splat Restore: {len(DeviceMenu.listed)} devices")
+        return {"FINISHED"}
 
 
 def preferences(context=None):
@@ -44,12 +109,11 @@ def engine_settings(context=None) -> EngineSettings:
     prefs = preferences(context)
     python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python else default_engine_python()
     return EngineSettings(python=python, weights=bpy.path.abspath(prefs.weights) if prefs.weights else "",
-                          base=prefs.base, device=prefs.device)
+                          base=prefs.base, device=prefs.device or "auto", batch_size=prefs.batch_size,
+                          tile=prefs.tile, min_face=prefs.min_face, compile=prefs.compile,
+                          startup_timeout=prefs.startup_timeout, stall_timeout=prefs.stall_timeout)
 
 
-def register():
-    bpy.utils.register_class(SPLATRESTORE_AP_preferences)
+CLASSES = (SPLATRESTORE_AP_preferences, SPLATRESTORE_OT_refresh_devices)
 
-
-def unregister():
-    bpy.utils.unregister_class(SPLATRESTORE_AP_preferences)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -9,7 +9,12 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
     in_place: bpy.props.BoolProperty(
         name="In Place", default=False, description="Replace the written frames instead of writing copies")
     folder: bpy.props.StringProperty(
-        name="Folder", default="restored", description="Sibling folder of the output for restored frames")
+        name="Folder", default="restored",
+        description="Subfolder of the output folder for restored frames (relative; not empty, not '..')")
+    fail_on_errors: bpy.props.BoolProperty(
+        name="Fail Render on Restore Errors", default=True,
+        description="In background renders (blender -b, render farms), exit with code 1 when frames could not "
+                    "be restored; $SPLAT_RESTORE_FAIL_ON_ERRORS=0 or 1 overrides this")
     faces: bpy.props.EnumProperty(
         name="Faces", default="auto",
         items=[("auto", "Faces", "In frames larger than the model (512 px), restore each face and leave the rest "

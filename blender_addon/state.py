@@ -7,4 +7,3 @@ MANAGER = EngineManager()
 class RenderState:
     queue = None  # FrameQueue while an auto-restoring render runs
     last_report = ""
-    refusal = ""  # why the current render's frames are not restored (e.g. EXR output)

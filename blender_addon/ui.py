@@ -1,6 +1,7 @@
 """Panels: Render Properties > Splat Restore, and the Image Editor sidebar."""
 import bpy
 
+from .frame_queue import check_restored_folder
 from .state import MANAGER, RenderState
 
 
@@ -16,6 +17,12 @@ def _draw(layout, context):
     row = sub.row()
     row.enabled = not settings.in_place
     row.prop(settings, "folder")
+    if not settings.in_place:
+        try:
+            check_restored_folder(settings.folder)
+        except ValueError as e:
+            sub.label(text=str(e), icon="ERROR")
+    sub.prop(settings, "fail_on_errors")
     row = layout.row()
     row.label(text=f"Engine: {MANAGER.status}")
     row.operator("splat_restore.stop_engine", text="", icon="CANCEL")

@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
 
-    p = sub.add_parser("info", help="describe a checkpoint or the full-size architecture")
+    p = sub.add_parser("info", help="describe a checkpoint, the full-size architecture or the devices here")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--arch", help="count parameters of a shipped architecture without weights (sd-turbo)")
     src.add_argument("--weights", help="show the recipe and licence of a checkpoint, Difix folder or nvidia/difix")
+    src.add_argument("--devices", action="store_true", help="list the devices --device takes, with GPU memory")
     p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default="encoder+decoder",
                    help="VAE LoRA on encoder and decoder (the recipe) or the decoder only")
     p.add_argument("--rank-unet", type=int, default=16)
@@ -184,7 +185,11 @@ def cmd_restore(a) -> int:
 
 
 def cmd_info(a) -> int:
-    if a.arch:
+    if a.devices:
+        from .runtime import list_devices
+
+        out = {"devices": list_devices()}
+    elif a.arch:
         from .loading import count_parameters
         from .model import LoraSpec
 

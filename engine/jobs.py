@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from blender_addon.engine_link.protocol import Code
+from blender_addon.engine_link.scan import scan_folder
 
-from .images import Frame, ImageError, is_image_path, read_image, write_image
+from .images import Frame, ImageError, read_image, write_image
 
 BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGINE_ERROR
 
@@ -61,10 +62,7 @@ def collect_items(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike
     for raw in inputs:
         src = Path(raw)
         if src.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in src.glob(pattern) if p.is_file() and is_image_path(p)
-                           and not p.name.startswith("."))
-            items += [Item(p, outdir / p.relative_to(src)) for p in files]
+            items += [Item(p, outdir / p.relative_to(src)) for p in scan_folder(src, outdir, recursive)]
         elif src.exists():
             items.append(Item(src, outdir / src.name))
         else:

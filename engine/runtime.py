@@ -38,6 +38,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def list_devices() -> list[dict]:
+    """The devices `--device` takes here, for the add-on's GPU menu: id, name, and for GPUs total and free memory
+    in bytes."""
+    devices = [{"id": "cpu", "name": f"CPU ({os.cpu_count()} threads)"}]
+    for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        free, total = torch.cuda.mem_get_info(k)
+        devices.append({"id": f"cuda:{k}", "name": torch.cuda.get_device_name(k), "memory": total, "free": free})
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append({"id": "mps", "name": "Apple Metal"})
+    return devices
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from blender_addon.engine_link.client import EngineSettings, find_venv_python
-from blender_addon.frame_queue import QueueReport, folder_items, newest_existing, restored_path
+from blender_addon.frame_queue import (FrameQueue, QueueReport, check_restored_folder, folder_items, newest_existing,
+                                       restored_path)
 
 
 def test_restored_frames_go_to_a_sibling_folder_or_in_place():
@@ -14,6 +15,56 @@ def test_restored_frames_go_to_a_sibling_folder_or_in_place():
     assert restored_path(frame) == Path("renders") / "restored" / "shot_0007.png"
     assert restored_path(frame, in_place=True) == frame
     assert restored_path(frame, folder="fixed") == Path("renders") / "fixed" / "shot_0007.png"
+    assert restored_path(frame, folder="a/../fixed\\x") == Path("renders") / "fixed" / "x" / "shot_0007.png"
+
+
+@pytest.mark.parametrize("folder, problem", [
+    ("", "is empty"), ("   ", "is empty"), (".", "output folder itself"), ("a/..", "output folder itself"),
+    ("/tmp/restored", "absolute"), ("//restored", "absolute"), ("C:\\restored", "absolute"),
+    ("\\\\server\\share", "absolute"), ("..", "'..'"), ("../restored", "'..'"), ("a/../../b", "'..'"),
+    ("a\\..\\..\\b", "'..'"),
+])
+def test_a_folder_that_would_overwrite_or_escape_the_renders_is_refused(folder, problem):
+    with pytest.raises(ValueError, match="Folder setting") as e:
+        check_restored_folder(folder)
+    assert problem in str(e.value)
+    with pytest.raises(ValueError):
+        restored_path(Path("renders") / "f.png", folder=folder)
+
+
+class _Recorder:
+    """A stand-in engine client that records what it is asked to do."""
+    alive = True
+
+    def __init__(self):
+        self.calls = []
+
+    def restore(self, items, **options):
+        self.calls.append((items, options))
+        return object()
+
+    def check_hung(self):
+        pass
+
+
+class _Manager:
+    def __init__(self):
+        self.client = _Recorder()
+
+    def client_for(self, settings):
+        return self.client
+
+
+def test_frames_are_replaced_only_when_in_place_is_on(tmp_path):
+    frame = tmp_path / "f_0001.png"
+    for in_place, expected in ((False, tmp_path / "restored" / frame.name), (True, frame)):
+        manager = _Manager()
+        FrameQueue(manager, EngineSettings("py", "w"), in_place=in_place).submit(frame)
+        [([(src, dst)], options)] = manager.client.calls
+        assert (Path(dst), options["in_place"]) == (expected, in_place)
+    with pytest.raises(ValueError, match="is empty"):
+        FrameQueue(_Manager(), EngineSettings("py", "w"), folder="")
+    FrameQueue(_Manager(), EngineSettings("py", "w"), in_place=True, folder="")  # unused in place: no complaint
 
 
 def test_the_newest_candidate_is_the_written_frame(tmp_path):
@@ -42,6 +93,14 @@ def test_folder_items_skip_the_output_folder_and_non_images(tmp_path):
         folder_items(tmp_path / "nope", None)
 
 
+def test_an_empty_input_folder_is_refused_not_taken_as_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="no input folder"):
+            folder_items(empty, None)
+
+
 def test_report_names_the_first_failure():
     r = QueueReport(restored=["a", "b"], failed=[("/r/f_0003.png", "corrupt")], restarts=1)
     assert r.summary() == ("Splat Restore: 2 restored, 1 failed (engine restarted 1x). "
@@ -64,3 +123,36 @@ def test_engine_command_uses_the_given_interpreter():
                        base="stabilityai/sd-turbo", device="cuda")
     cmd = s.command()
     assert cmd[:4] == [s.python, "-m", "engine", "serve"] and cmd[-2:] == ["--base", "stabilityai/sd-turbo"]
+
+
+def test_the_farm_exit_code_can_be_set_per_scene_or_by_environment():
+    from blender_addon.exit_status import fail_on_errors
+
+    assert fail_on_errors(True, {}) and not fail_on_errors(False, {})
+    assert not fail_on_errors(True, {"SPLAT_RESTORE_FAIL_ON_ERRORS": "0"})
+    assert fail_on_errors(False, {"SPLAT_RESTORE_FAIL_ON_ERRORS": "1"})
+
+
+@pytest.mark.parametrize("recorded, code", [(True, 1), (False, 0)])
+def test_a_recorded_failure_makes_the_process_exit_non_zero_at_the_end(recorded, code):
+    import subprocess
+    import sys
+
+    script = ("import atexit, sys; from blender_addon.exit_status import FAILURES\n"
+              + ("FAILURES.record('Splat Restore: 0 restored, 3 failed')\n" if recorded else "")
+              + "print('rendered', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == code and "rendered" in r.stdout
+    assert ("3 failed" in r.stderr and "SPLAT_RESTORE_FAIL_ON_ERRORS=0" in r.stderr) == recorded
+
+
+def test_the_device_menu_lists_gpus_with_memory_and_keeps_the_saved_choice():
+    from blender_addon.devices import describe, menu
+
+    listed = describe([{"id": "cpu", "name": "CPU (2 threads)"},
+                       {"id": "cuda:0", "name": "NVIDIA H100", "memory": 80 * 2 ** 30, "free": 79.5 * 2 ** 30}])
+    assert ("cuda:0", "cuda:0: NVIDIA H100 (80.0 GiB, 79.5 GiB free)", "NVIDIA H100") in listed
+    assert [i[0] for i in menu(listed, "cuda:0")] == ["auto", "cpu", "cuda:0"]
+    assert [i[0] for i in menu([], "auto")] == ["auto", "cpu"]  # background, before any Refresh
+    assert [i[0] for i in menu([], "cuda:1")] == ["auto", "cpu", "cuda:1"]

@@ -40,12 +40,20 @@ class EngineSettings:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 1
+    tile: int = 0  # 0: the model's size
+    min_face: int = 72
+    compile: str = "auto"
     cwd: str | None = None
     env: dict = field(default_factory=dict)
+    # limits on waiting; changing them needs no new engine, so they do not take part in ==
+    startup_timeout: float = field(default=300.0, compare=False)
+    stall_timeout: float = field(default=600.0, compare=False)
 
     def command(self) -> list[str]:
         cmd = [self.python, "-m", "engine", "serve", "--weights", self.weights, "--device", self.device,
-               "--dtype", self.dtype, "--batch-size", str(self.batch_size)]
+               "--dtype", self.dtype, "--batch-size", str(self.batch_size), "--min-face", str(self.min_face),
+               "--compile", self.compile]
+        cmd += ["--tile", str(self.tile)] if self.tile else []
         return cmd + (["--base", self.base] if self.base else [])
 
 
@@ -107,15 +115,17 @@ class EngineClient:
         self._stderr: deque[str] = deque(maxlen=self.STDERR_TAIL)
         self._ready_event = threading.Event()
         self._dead_reason: str | None = None
+        self.last_heard = time.monotonic()  # any line from the engine: progress, answers
 
     # lifecycle ------------------------------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None and self._dead_reason is None
 
-    def start(self, timeout: float = 300.0) -> dict:
+    def start(self, timeout: float | None = None) -> dict:
         """Start the engine and wait for its ready line; raises EngineError naming the cause."""
         s = self.settings
+        timeout = s.startup_timeout if timeout is None else timeout
         if not s.python or not Path(s.python).is_file():
             raise EngineError(f"engine interpreter not found: {s.python!r}. Set it in the add-on preferences to "
                               f"the engine venv's python (.venv/bin/python, or .venv\\Scripts\\python.exe on "
@@ -141,14 +151,22 @@ class EngineClient:
         threading.Thread(target=self._read_stderr, args=(self.process,), daemon=True).start()
         if not self._ready_event.wait(timeout):
             self.kill()
-            raise EngineError(f"the engine did not become ready within {timeout:.0f} s{self._tail()}", "timeout")
+            raise EngineError(f"the engine did not become ready within {timeout:g} s (the start-up limit in the "
+                              f"add-on preferences); it was stopped{self._tail()}", "timeout")
         if not self.ready or not self.ready.get("ok"):
             message = (self.ready or {}).get("error", {}).get("message") or self._dead_reason or "unknown reason"
             self.kill()
             raise EngineError(f"the engine could not load the model: {message}", "load_failed")
+        theirs = self.ready.get("protocol")
+        if theirs != protocol.PROTOCOL_VERSION:
+            self.kill()
+            raise EngineError(f"the engine at {s.python} speaks protocol version {theirs} (engine "
+                              f"{self.ready.get('version', '?')}) but this add-on speaks version "
+                              f"{protocol.PROTOCOL_VERSION}: install the engine and the add-on from the same "
+                              f"release", "protocol_mismatch")
         return self.ready
 
-    def ensure_running(self, timeout: float = 300.0) -> dict:
+    def ensure_running(self, timeout: float | None = None) -> dict:
         return self.ready if self.alive else self.start(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -162,6 +180,32 @@ class EngineClient:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        self.kill()
+
+    def wait(self, request: Request, stall_timeout: float | None = None) -> dict:
+        """The request's result, waiting as long as the engine keeps answering. If it says nothing at all for
+        `stall_timeout` seconds (settings.stall_timeout by default) it is taken as hung: stopped, and every pending
+        request fails with code "timeout". A busy engine is never cut off: each finished frame counts as a sign
+        of life, whichever request it belongs to."""
+        while not request._event.wait(0.2):
+            self.check_hung(stall_timeout)
+        return request.wait(0)
+
+    def check_hung(self, stall_timeout: float | None = None) -> None:
+        """Abandon the engine if it owes answers and has said nothing for the limit."""
+        limit = self.settings.stall_timeout if stall_timeout is None else stall_timeout
+        if self._pending and time.monotonic() - self.last_heard > limit:
+            self.abandon(f"the engine gave no answer for {limit:g} s (the per-frame limit in the add-on "
+                         f"preferences) and was stopped as hung{self._tail()}")
+
+    def abandon(self, reason: str) -> None:
+        """Fail every pending request with `reason` (code "timeout") and stop the engine."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        self._dead_reason = reason
+        error = EngineError(reason, "timeout")
+        for req in pending:
+            req._finish(error=error)
         self.kill()
 
     def kill(self) -> None:
@@ -181,6 +225,8 @@ class EngineClient:
             raise EngineDied(f"the engine is not running{self._tail()}")
         req = Request(f"r{next(self._ids)}", on_progress)
         with self._lock:
+            if not self._pending:  # an idle engine owes nothing: its silence counts from now
+                self.last_heard = time.monotonic()
             self._pending[req.id] = req
         try:
             with self._lock:
@@ -221,6 +267,7 @@ class EngineClient:
 
     def _dispatch_lines(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
+            self.last_heard = time.monotonic()
             try:
                 message = protocol.decode(line)
             except protocol.ProtocolError:

@@ -1,0 +1,160 @@
+"""The add-on in real Blender when things go wrong: settings that would overwrite renders, an empty folder choice,
+a hung engine, and the exit code a render farm sees."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+from stand_in_engine import make_stand_in  # noqa: E402
+
+
+def _state():
+    from blender_addon.exit_status import FAILURES
+    from blender_addon.state import MANAGER, RenderState
+
+    return MANAGER, RenderState, FAILURES
+
+
+@pytest.fixture
+def stand_in(addon, tmp_path):
+    """Point the preferences at a stand-in engine with 1 s limits; the real engine comes back afterwards."""
+    saved = addon.engine_python, addon.startup_timeout, addon.stall_timeout
+    _state()[0].stop()
+
+    def use(behaviour):
+        addon.engine_python = str(make_stand_in(tmp_path / "bin", behaviour))
+        addon.startup_timeout = addon.stall_timeout = 1.0
+    yield use
+    _state()[0].stop()
+    addon.engine_python, addon.startup_timeout, addon.stall_timeout = saved
+
+
+@pytest.mark.parametrize("folder", ["", ".", "../escaped", "//restored", "ABSOLUTE"])
+def test_a_folder_setting_that_would_overwrite_or_escape_the_renders_is_refused(scene, tmp_path, folder):
+    renders = tmp_path / "shot" / "renders"
+    scene.render.filepath = str(renders / "f_####")
+    scene.splat_restore.auto_restore = True
+    scene.splat_restore.folder = str(tmp_path / "abs") if folder == "ABSOLUTE" else folder
+    written = {}
+
+    def snapshot(scene_, *_):  # runs after the add-on's render_write: the frame as Blender wrote it
+        for p in renders.iterdir():
+            written.setdefault(p.name, p.read_bytes())
+    bpy.app.handlers.render_write.append(snapshot)
+    try:
+        bpy.ops.render.render(animation=True)
+    finally:
+        bpy.app.handlers.render_write.remove(snapshot)
+        scene.splat_restore.folder = "restored"
+    _, state, failures = _state()
+    assert sorted(written) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+    assert {p.name: p.read_bytes() for p in renders.iterdir()} == written  # the renders stay the renders
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(written)  # nothing else written
+    assert "Folder setting" in state.last_report
+    assert failures.failures == [state.last_report]  # a farm would see it (bpy runs in background mode)
+
+
+def test_restore_folder_without_a_folder_is_refused_and_writes_nothing(addon, tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(b"a saved render")
+    monkeypatch.chdir(tmp_path)  # today's "" became "." : Blender's working directory
+    with pytest.raises(RuntimeError, match="no input folder chosen"):
+        bpy.ops.splat_restore.restore_folder(input_dir="")
+    with pytest.raises(RuntimeError, match="no input folder chosen"):  # as the panel's button calls it
+        bpy.ops.splat_restore.restore_folder("INVOKE_DEFAULT")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_a_hung_engine_ends_the_render_with_every_frame_failed(scene, stand_in, tmp_path):
+    stand_in("silent")
+    scene.splat_restore.auto_restore = True
+    scene.render.filepath = str(tmp_path / "f_####")
+    bpy.ops.render.render(animation=True)
+    _, state, failures = _state()
+    assert "0 restored, 3 failed" in state.last_report and "no answer for 1 s" in state.last_report
+    assert failures.failures == [state.last_report]
+    assert sorted(p.name for p in tmp_path.glob("f_*.png")) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+
+
+def test_restore_render_stops_a_hung_engine_with_a_clear_error(scene, stand_in):
+    stand_in("silent")
+    bpy.ops.render.render()
+    with pytest.raises(RuntimeError, match="no answer for 1 s"):
+        bpy.ops.splat_restore.restore_render()
+    stand_in("silent-start")
+    with pytest.raises(RuntimeError, match="did not become ready within 1 s"):
+        bpy.ops.splat_restore.restore_render()
+
+
+def test_an_engine_of_another_protocol_version_is_reported_naming_both(scene, stand_in):
+    stand_in("protocol:7")
+    bpy.ops.render.render()
+    with pytest.raises(RuntimeError, match="protocol version 7 .* this add-on speaks version 1"):
+        bpy.ops.splat_restore.restore_render()
+
+
+def test_the_engine_runs_with_the_preferences_speed_settings(scene, addon):
+    from blender_addon.preferences import engine_settings
+
+    assert addon.device_menu == "cpu" and engine_settings().device == "cpu"
+    addon.device_menu = "auto"
+    assert addon.device == "auto"
+    addon.device_menu = "cpu"
+    addon.batch_size, addon.min_face, addon.compile = 3, 40, "off"
+    try:
+        bpy.ops.render.render()
+        assert bpy.ops.splat_restore.restore_render() == {"FINISHED"}
+        command = _state()[0].client.settings.command()
+        assert _state()[0].client.ready["batch_size"] == 3
+        assert " ".join(command[3:]).count("--min-face 40 --compile off") == 1
+    finally:
+        addon.batch_size, addon.min_face, addon.compile = 1, 72, "auto"
+
+
+@pytest.mark.parametrize("behaviour, env, code", [
+    ("fail", {}, 1),  # every restore failed
+    ("silent", {}, 1),  # a hung engine: stopped at the limit, not a farm task hanging forever
+    ("copy", {}, 0),  # all restored
+    ("fail", {"SPLAT_RESTORE_FAIL_ON_ERRORS": "0"}, 0),  # the farm's opt-out
+])
+def test_a_background_render_exits_non_zero_when_its_restores_failed(tiny_weights, tmp_path, behaviour, env, code):
+    python = make_stand_in(tmp_path / "bin", behaviour)
+    env = {**{k: v for k, v in os.environ.items() if k != "SPLAT_RESTORE_FAIL_ON_ERRORS"},
+           "BLENDER_USER_RESOURCES": str(tmp_path / "user"), **env}
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("farm_render_check.py")), str(python),
+                        str(tiny_weights), str(tmp_path / "out"), "1"], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == code, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "RENDER DONE" in r.stdout  # the whole render ran; the exit code is set afterwards
+    assert sorted(p.name for p in (tmp_path / "out").glob("f_*.png")) == ["f_0001.png", "f_0002.png", "f_0003.png"]
+    summary = "Splat Restore: exiting with code 1 because restoring failed"
+    assert (summary in r.stderr) == (code == 1)
+    if code == 1:
+        assert "0 restored, 3 failed" in r.stderr
+    if behaviour == "copy":
+        assert len(list((tmp_path / "out" / "restored").glob("f_*.png"))) == 3
+
+
+def test_restore_folder_skips_partial_files_and_its_own_output(scene, tmp_path):
+    saved = tmp_path / "saved"
+    scene.render.filepath = str(saved / "r_####")
+    bpy.ops.render.render(animation=True)
+    (saved / ".r_0004.0123abcd.partial.png").write_bytes((saved / "r_0001.png").read_bytes())
+    for _ in range(2):  # the second run must not restore the first run's outputs
+        assert bpy.ops.splat_restore.restore_folder(input_dir=str(saved), recursive=True) == {"FINISHED"}
+    assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*.png") if "partial" not in p.name) == [
+        "r_0001.png", "r_0002.png", "r_0003.png", "restored/r_0001.png", "restored/r_0002.png",
+        "restored/r_0003.png"]
+
+
+def test_refresh_lists_the_engine_devices_in_the_menu(addon):
+    from blender_addon.preferences import DeviceMenu
+
+    assert bpy.ops.splat_restore.refresh_devices() == {"FINISHED"}
+    assert DeviceMenu.listed[0][0] == "cpu"  # this machine has no GPU
+    addon.device_menu = "cpu"
+    assert addon.device == "cpu"

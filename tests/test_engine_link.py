@@ -1,0 +1,102 @@
+"""The client against stand-in engines: the protocol handshake and the time limits on a hung engine. No torch."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blender_addon.engine_link.client import EngineClient, EngineError, EngineSettings
+from blender_addon.frame_queue import EngineManager, FrameQueue
+from stand_in_engine import make_stand_in
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings(tmp_path, behaviour, **kw):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    return EngineSettings(python=str(make_stand_in(tmp_path / "bin", behaviour)), weights=str(weights), **kw)
+
+
+def _frames(tmp_path, n):
+    paths = [tmp_path / "renders" / f"f_{i:04d}.png" for i in range(1, n + 1)]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"frame %d" % len(str(p)))
+    return paths
+
+
+def test_an_engine_of_another_protocol_version_is_refused_naming_both(tmp_path):
+    client = EngineClient(_settings(tmp_path, "protocol:2"))
+    with pytest.raises(EngineError, match=r"protocol version 2 .* this add-on speaks version 1") as e:
+        client.start()
+    assert e.value.code == "protocol_mismatch" and not client.alive
+
+
+def test_an_engine_that_never_gets_ready_is_stopped_at_the_start_up_limit(tmp_path):
+    client = EngineClient(_settings(tmp_path, "silent-start", startup_timeout=1.0))
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="did not become ready within 1 s") as e:
+        client.start()
+    assert e.value.code == "timeout" and time.monotonic() - started < 10
+    assert client.process.poll() is not None
+
+
+def test_a_hung_engine_fails_its_frames_at_the_per_frame_limit(tmp_path):
+    client = EngineClient(_settings(tmp_path, "silent", stall_timeout=1.0))
+    client.start()
+    frames = _frames(tmp_path, 3)
+    requests = [client.restore([(f, tmp_path / "out" / f.name)]) for f in frames]
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="no answer for 1 s") as e:
+        client.wait(requests[0])
+    assert e.value.code == "timeout" and time.monotonic() - started < 10
+    for r in requests[1:]:  # the others fail with it, at once
+        with pytest.raises(EngineError, match="hung"):
+            client.wait(r)
+    assert not client.alive and client.process.poll() is not None
+
+
+def test_a_slow_engine_that_keeps_finishing_frames_is_not_cut_off(tmp_path):
+    client = EngineClient(_settings(tmp_path, "copy:0.4", stall_timeout=1.0))
+    client.start()
+    frames = _frames(tmp_path, 6)  # 2.4 s in all: longer than the limit, but never 1 s without an answer
+    (tmp_path / "out").mkdir()
+    requests = [client.restore([(f, tmp_path / "out" / f.name)]) for f in frames]
+    for r in requests:
+        assert client.wait(r)["restored"] == 1
+    client.shutdown()
+
+
+def test_a_render_with_a_hung_engine_ends_with_every_frame_failed(tmp_path):
+    settings = _settings(tmp_path, "silent", stall_timeout=1.0)
+    queue = FrameQueue(EngineManager(), settings)
+    for frame in _frames(tmp_path, 3):
+        queue.submit(frame)
+    started = time.monotonic()
+    report = queue.drain()
+    assert time.monotonic() - started < 10
+    assert len(report.failed) == 3 and not report.restored and report.restarts == 0
+    assert "no answer for 1 s" in report.summary()
+    queue.manager.stop()
+
+
+def test_the_engine_lists_its_devices():
+    r = subprocess.run([sys.executable, "-m", "engine", "info", "--devices", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    devices = json.loads(r.stdout)["devices"]
+    assert devices[0]["id"] == "cpu" and all("name" in d for d in devices)
+
+
+def test_engine_settings_reach_the_serve_command_line():
+    from engine.cli import build_parser
+
+    s = EngineSettings(python="py", weights="w.safetensors", device="cuda:1", batch_size=8, tile=256, min_face=40,
+                       compile="off")
+    a = build_parser().parse_args(s.command()[3:])
+    assert (a.command, a.device, a.batch_size, a.tile, a.min_face, a.compile) == ("serve", "cuda:1", 8, 256, 40,
+                                                                                  "off")
+    assert "--tile" not in EngineSettings(python="py", weights="w").command()  # 0: the model's size
