@@ -3,6 +3,8 @@ import bpy
 
 from . import devices
 from .engine_link.client import EngineSettings
+from .engine_link.licenses import ACCEPT_ENV, NVIDIA_DIFIX
+from .engine_link.weights import DIFIX_HUB_ID, MODELS
 from .frame_queue import default_engine_python
 from .state import MANAGER
 
@@ -33,8 +35,17 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
         name="Engine Python", subtype="FILE_PATH",
         description="The engine's own interpreter (its venv: .venv/bin/python, or .venv\\Scripts\\python.exe on "
                     "Windows). Empty: $SPLAT_RESTORE_ENGINE_PYTHON or the checkout's .venv")
+    model: bpy.props.EnumProperty(name="Model", items=MODELS, default="checkpoint",
+                                  description="Which restorer the engine runs")
     weights: bpy.props.StringProperty(name="Weights", subtype="FILE_PATH",
                                       description="Restorer checkpoint (.safetensors)")
+    difix_weights: bpy.props.StringProperty(
+        name="Difix Weights", default=DIFIX_HUB_ID,
+        description=f"{DIFIX_HUB_ID} (from the Hugging Face cache: `python -m engine fetch {DIFIX_HUB_ID}`) or a "
+                    f"folder in its published layout")
+    accept_license: bpy.props.BoolProperty(
+        name=f"I accept the {NVIDIA_DIFIX.name} (non-commercial use only)", default=False,
+        description=f"{NVIDIA_DIFIX.describe()}")
     base: bpy.props.StringProperty(name="Base Model", default="",
                                    description="Diffusers folder or hub id; empty: the one named in the weights")
     device: bpy.props.StringProperty(name="Device", default="auto",
@@ -60,13 +71,28 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
         description="Seconds the engine may go without finishing a frame (while frames are waiting) before it "
                     "is stopped as hung and those frames fail; the first frame of a size may compile for minutes")
 
+    def draw_difix(self, layout):
+        layout.prop(self, "difix_weights")
+        box = layout.box()
+        box.label(text=f"{NVIDIA_DIFIX.name}: non-commercial use only (research or evaluation).", icon="INFO")
+        box.label(text="Its SD-Turbo base also falls under the Stability AI Community License.")
+        box.operator("wm.url_open", text="Read the licence").url = NVIDIA_DIFIX.url
+        box.prop(self, "accept_license")
+        if not self.accept_license:
+            box.label(text=f"Not accepted: the engine refuses these weights (farms: {ACCEPT_ENV}=1)",
+                      icon="ERROR")
+
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "engine_python")
         if not self.engine_python:
             layout.label(text=f"Using: {default_engine_python() or 'nothing found'}")
-        layout.prop(self, "weights")
-        layout.prop(self, "base")
+        layout.prop(self, "model")
+        if self.model == "difix":
+            self.draw_difix(layout)
+        else:
+            layout.prop(self, "weights")
+            layout.prop(self, "base")
         row = layout.row()
         row.prop(self, "device_menu")
         row.operator("splat_restore.refresh_devices", text="", icon="FILE_REFRESH")
@@ -108,8 +134,14 @@ def preferences(context=None):
 def engine_settings(context=None) -> EngineSettings:
     prefs = preferences(context)
     python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python else default_engine_python()
-    return EngineSettings(python=python, weights=bpy.path.abspath(prefs.weights) if prefs.weights else "",
-                          base=prefs.base, device=prefs.device or "auto", batch_size=prefs.batch_size,
+    difix = prefs.model == "difix"
+    if difix:
+        weights = bpy.path.abspath(prefs.difix_weights) if prefs.difix_weights.startswith("//") \
+            else prefs.difix_weights
+    else:
+        weights = bpy.path.abspath(prefs.weights) if prefs.weights else ""
+    return EngineSettings(python=python, weights=weights, accept_license=difix and prefs.accept_license,
+                          base="" if difix else prefs.base, device=prefs.device or "auto", batch_size=prefs.batch_size,
                           tile=prefs.tile, min_face=prefs.min_face, compile=prefs.compile,
                           startup_timeout=prefs.startup_timeout, stall_timeout=prefs.stall_timeout)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from blender_addon.engine_link.weights import looks_like_hub_id
+
 DEFAULT_BASE = "stabilityai/sd-turbo"
 CONFIG_DIR = Path(__file__).parent / "configs"
 # What the engine needs of a base; the text encoder only for computing a prompt embedding (import, training).
@@ -43,11 +45,6 @@ def resolve_base(base: str | os.PathLike | None, role: str = "base model") -> Pa
             f"While online, run `python -m engine fetch {base}`, or pass a local diffusers folder") from None
     _check_layout(folder, role)
     return folder
-
-
-def looks_like_hub_id(text: str) -> bool:
-    return not text.startswith((".", "/", "~")) and "\\" not in text and text.count("/") == 1 \
-        and not text.endswith("/")
 
 
 def fetch_base(base: str = DEFAULT_BASE) -> Path:

@@ -100,3 +100,24 @@ def test_engine_settings_reach_the_serve_command_line():
     assert (a.command, a.device, a.batch_size, a.tile, a.min_face, a.compile) == ("serve", "cuda:1", 8, 256, 40,
                                                                                   "off")
     assert "--tile" not in EngineSettings(python="py", weights="w").command()  # 0: the model's size
+
+
+def test_accepting_a_licence_reaches_the_serve_command_line():
+    assert "--accept-license" in EngineSettings("py", "nvidia/difix", accept_license=True).command()
+    assert "--accept-license" not in EngineSettings("py", "nvidia/difix").command()
+
+
+@pytest.mark.parametrize("text, hub", [("nvidia/difix", True), ("stabilityai/sd-turbo", True), ("./a/b", False),
+                                       ("/abs/path", False), ("a/b/c", False), ("C:\\x\\y", False),
+                                       ("weights.safetensors", False), ("org/", False)])
+def test_hub_ids_are_told_from_paths(text, hub):
+    from blender_addon.engine_link.weights import looks_like_hub_id
+
+    assert looks_like_hub_id(text) is hub
+
+
+def test_an_uncached_hub_id_reaches_the_engine_but_a_missing_file_does_not(tmp_path):
+    from blender_addon.engine_link.weights import weights_exist
+
+    assert weights_exist("nvidia/difix") and weights_exist(str(tmp_path))
+    assert not weights_exist(str(tmp_path / "missing.safetensors")) and not weights_exist("")

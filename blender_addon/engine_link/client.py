@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import protocol
+from .weights import weights_exist
 
 
 class EngineError(RuntimeError):
@@ -43,6 +44,7 @@ class EngineSettings:
     tile: int = 0  # 0: the model's size
     min_face: int = 72
     compile: str = "auto"
+    accept_license: bool = False  # the licence of third-party weights (Difix), accepted in the preferences
     cwd: str | None = None
     env: dict = field(default_factory=dict)
     # limits on waiting; changing them needs no new engine, so they do not take part in ==
@@ -54,6 +56,7 @@ class EngineSettings:
                "--dtype", self.dtype, "--batch-size", str(self.batch_size), "--min-face", str(self.min_face),
                "--compile", self.compile]
         cmd += ["--tile", str(self.tile)] if self.tile else []
+        cmd += ["--accept-license"] if self.accept_license else []
         return cmd + (["--base", self.base] if self.base else [])
 
 
@@ -130,7 +133,7 @@ class EngineClient:
             raise EngineError(f"engine interpreter not found: {s.python!r}. Set it in the add-on preferences to "
                               f"the engine venv's python (.venv/bin/python, or .venv\\Scripts\\python.exe on "
                               f"Windows)", "no_interpreter")
-        if not s.weights or not Path(s.weights).is_file():
+        if not weights_exist(s.weights):
             raise EngineError(f"restorer weights not found: {s.weights!r}. Set them in the add-on preferences",
                               "no_weights")
         self._stderr.clear()

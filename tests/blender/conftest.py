@@ -45,6 +45,16 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_difix(tmp_path_factory):
+    """A tiny model in NVIDIA Difix's published layout, built by the engine's Python."""
+    folder = tmp_path_factory.mktemp("difix") / "difix"
+    r = run_engine("-c", f"import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+                         f"from tiny_base import make_tiny_difix; make_tiny_difix(Path(r'{folder}'))")
+    assert r.returncode == 0, r.stderr
+    return folder
+
+
+@pytest.fixture(scope="session")
 def addon(tiny_weights):
     import addon_utils
 

@@ -207,3 +207,34 @@ def test_the_built_zip_installs_and_restores(tiny_weights, tmp_path):
                        env={**__import__("os").environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user")})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "ZIP OK" in r.stdout
+
+
+@pytest.fixture
+def difix_model(addon, tiny_difix):
+    addon.model, addon.difix_weights, addon.accept_license = "difix", str(tiny_difix), False
+    yield addon
+    addon.model, addon.accept_license = "checkpoint", False
+
+
+def test_difix_is_refused_until_its_licence_is_accepted(scene, difix_model):
+    bpy.ops.render.render()
+    if "Restored Render" in bpy.data.images:
+        bpy.data.images.remove(bpy.data.images["Restored Render"])
+    with pytest.raises(RuntimeError, match="non-commercial"):
+        bpy.ops.splat_restore.restore_render()
+    assert "Restored Render" not in bpy.data.images
+
+
+def test_difix_restores_once_accepted(scene, difix_model, tiny_difix, tmp_path):
+    from blender_addon.operators import save_render_png
+
+    difix_model.accept_license = True
+    bpy.ops.render.render()
+    assert bpy.ops.splat_restore.restore_render() == {"FINISHED"}
+    src = tmp_path / "render.png"
+    save_render_png(scene, src)
+    r = run_engine("-m", "engine", "restore", src, "-o", tmp_path / "out", "--weights", tiny_difix, "--device",
+                   "cpu", "--accept-license")
+    assert r.returncode == 0, r.stderr
+    restored = bpy.data.images["Restored Render"]
+    assert np.abs(pixels(restored) - pixels(tmp_path / "out" / "render.png")).max() < 1e-6
