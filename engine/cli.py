@@ -126,7 +126,7 @@ def cmd_restore(a) -> int:
 
     from .face_restore import FrameRestorer
     from .jobs import collect_items, restore_items
-    from .runtime import Restorer
+    from .runtime import Restorer, warn_if_gpu_unused
 
     items = collect_items(a.inputs, a.output, a.recursive)
     for item in items:
@@ -145,6 +145,7 @@ def cmd_restore(a) -> int:
     started = time.perf_counter()
     restorer = Restorer.from_pretrained(a.weights, a.base, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)
+    warn_if_gpu_unused(a.device, restorer.device)
     frames = FrameRestorer(restorer, a.min_face)
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}

@@ -186,7 +186,7 @@ def serve(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
     from .face_restore import FrameRestorer
-    from .runtime import Restorer
+    from .runtime import Restorer, warn_if_gpu_unused
 
     def ready_failure(message: str) -> int:
         protocol_out.write(protocol.encode({"event": "ready", "ok": False, "version": __version__,
@@ -199,6 +199,7 @@ def serve(args) -> int:
                                             batch_size=args.batch_size, tile=args.tile, compile=args.compile)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
+    warn_if_gpu_unused(args.device, restorer.device)
     info = restorer.info
     service = Service(FrameRestorer(restorer, args.min_face), protocol_out,
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
