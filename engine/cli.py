@@ -147,6 +147,10 @@ def cmd_restore(a) -> int:
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)
     warn_if_gpu_unused(a.device, restorer.device)
     frames = FrameRestorer(restorer, a.min_face)
+    missing = _faces_missing(frames, items, a.faces)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     faces = no_face = 0
@@ -168,6 +172,20 @@ def cmd_restore(a) -> int:
     print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']}{found} -> {outdir} "
           f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
     return 1 if counts["failed"] else 0
+
+
+def _faces_missing(frames, items: list, mode: str) -> str | None:
+    """Once, before any frame: why frames of this run that need face detection cannot have it, or None."""
+    from .face_detect import faces_unavailable
+    from .images import header_size
+
+    if mode == "off":
+        return None
+    needing = [it.input for it in items if frames.needs_faces(header_size(it.input), mode)]
+    problem = needing and faces_unavailable()  # frames no larger than the model are restored whole without it
+    if not problem:
+        return None
+    return f"{len(needing)} of {len(items)} frames need face detection (first: {needing[0]}): {problem}"
 
 
 def cmd_info(a) -> int:

@@ -45,6 +45,17 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in SUPPORTED_SUFFIXES or path.suffix.lower() in FLOAT_SUFFIXES
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header, pixels not decoded; None if unreadable (reading it fails later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any reason: read_image names it when the frame's turn comes
+        return None
+
+
 def _check_header(path: Path) -> str:
     from PIL import Image, UnidentifiedImageError
 

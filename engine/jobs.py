@@ -125,7 +125,10 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
 
 
 def _describe(e: BaseException) -> str:
+    """The first line of the message; the exception's name too unless it is a RuntimeError (ours say enough)."""
     text = str(e).strip().splitlines()
+    if isinstance(e, RuntimeError) and text:
+        return text[0]
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 

@@ -185,6 +185,7 @@ def serve(args) -> int:
     sys.stdout = sys.stderr
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
+    from .face_detect import faces_unavailable
     from .face_restore import FrameRestorer
     from .runtime import Restorer, warn_if_gpu_unused
 
@@ -200,6 +201,9 @@ def serve(args) -> int:
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
     warn_if_gpu_unused(args.device, restorer.device)
+    problem = faces_unavailable()  # once: whole frames are still served; frames that need faces fail with this
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     info = restorer.info
     service = Service(FrameRestorer(restorer, args.min_face), protocol_out,
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
