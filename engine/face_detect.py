@@ -135,6 +135,11 @@ class FaceDetector:
             for graph in (self._detector, self._mesh, self._person):
                 graph.process(sample)
 
+    def close(self) -> None:
+        """Stop the graphs and join their threads: left to interpreter exit, a still-joinable one aborts it."""
+        for graph in (self._detector, self._mesh, self._person):
+            graph.close()
+
     def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB frame, largest first."""
         h, w = rgb8.shape[:2]

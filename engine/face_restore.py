@@ -63,7 +63,7 @@ class FrameRestorer:
     def __init__(self, restorer, min_face: int = 72, detector=None):
         self.restorer = restorer
         self.min_face = int(min_face)
-        self._detector = detector
+        self._detector, self._detector_given = detector, detector is not None
         self.timings = Timings()
 
     @property
@@ -92,6 +92,12 @@ class FrameRestorer:
 
             self._detector = FaceDetector(self.min_face)
         return self._detector
+
+    def close(self) -> None:
+        """Close the face detector this made (its graphs' native threads); a later face frame opens a new one."""
+        if self._detector is not None and not self._detector_given:
+            self._detector.close()
+            self._detector = None
 
     def uses_faces(self, image: np.ndarray, mode: str) -> bool:
         if mode not in MODES:
