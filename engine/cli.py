@@ -259,8 +259,8 @@ def cmd_serve(a) -> int:
     code = serve(a)  # returns once its threads are joined, the face graphs closed and the last answer written
     sys.stderr.flush()
     # Nothing of ours is left to run, but C++ static destructors in native libraries (thread pools in mediapipe's
-    # TFLite, torch) run at a normal exit and can std::terminate on a still-joinable thread (SIGABRT, seen in about
-    # 1 of 4 runs under load). _exit skips them, so a clean shutdown exits with the code serve returned, every time.
+    # TFLite, torch) run at a normal exit and can std::terminate on a still-joinable thread (SIGABRT, reported in 6
+    # of 20 runs under load). _exit skips them, so a clean shutdown exits with the code serve returned, every time.
     os._exit(code)
 
 
