@@ -105,9 +105,9 @@ class Restorer:
         try:
             self.model = model.to(self.device, self.dtype).eval()
         except torch.OutOfMemoryError:
-            raise DeviceError(f"out of memory loading the model onto {self.device} ({str(self.dtype).replace('torch.', '')}): free "
-                              f"the GPU (other programs, another engine), pick another with --device cuda:N, or "
-                              f"use --device cpu") from None
+            raise DeviceError(f"out of memory loading the model onto {self.device} ({self.dtype}): free the GPU "
+                              f"(other programs, another engine), pick another with --device cuda:N, or use "
+                              f"--device cpu") from None
         self.forward = optimize(self.model, self.device, compile)
         self.info = info
         self.batch_size = max(1, int(batch_size))
