@@ -59,8 +59,10 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read_image refuses it, by name
+            with Image.open(path) as im:
+                return im.size
     except Exception:  # noqa: BLE001 - any reason: read_image names it when the frame's turn comes
         return None
 
