@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from blender_addon.engine_link import protocol
 from blender_addon.engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
 from engine.images import read_image
 from engine.runtime import Restorer
@@ -257,11 +258,9 @@ def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_
 
 
 def test_an_over_long_line_is_dropped_unread_answered_and_serving_goes_on(raw):
-    from blender_addon.engine_link.protocol import MAX_LINE
-
-    answer = raw.ask(b'{"id": 1, "op": "ping", "pad": "' + b"x" * MAX_LINE + b'"}')
+    answer = raw.ask(b'{"id": 1, "op": "ping", "pad": "' + b"x" * protocol.MAX_LINE + b'"}')
     assert answer["ok"] is False and answer["error"]["code"] == "bad_request"
-    assert f"over the {MAX_LINE}-byte limit" in answer["error"]["message"]
+    assert f"over the {protocol.MAX_LINE}-byte limit" in answer["error"]["message"]
     assert raw.ask(b'{"id": "after", "op": "ping"}')["ok"]
 
 
@@ -276,8 +275,6 @@ class ReadRecorder(io.BytesIO):
 
 
 def test_reads_never_hold_more_than_the_limit_and_stay_in_step(monkeypatch):
-    from blender_addon.engine_link import protocol
-
     monkeypatch.setattr(protocol, "MAX_LINE", 64)
     stream = ReadRecorder(b'{"id": 1}\n' + b"y" * 1000 + b"\n" + b'{"id": 2}\n' + b"z" * 65)
     assert protocol.read_line(stream) == b'{"id": 1}\n'
@@ -291,8 +288,6 @@ def test_reads_never_hold_more_than_the_limit_and_stay_in_step(monkeypatch):
 
 
 def test_the_client_drops_an_over_long_engine_line_and_keeps_reading(monkeypatch, tiny_weights):
-    from blender_addon.engine_link import protocol
-
     monkeypatch.setattr(protocol, "MAX_LINE", 64)
 
     class Process:
@@ -316,26 +311,20 @@ def _cycle(weights, frames, k):
         if k % 2:
             requests.append({"id": 4, "op": "restore", "faces": "auto", "overwrite": True,
                              "items": [{"input": str(frames[0]), "output": str(frames[0].parent / f"q{k}.png")}] * 3})
-        p.stdin.write(b"".join(protocol_encode(r) for r in requests))
+        p.stdin.write(b"".join(protocol.encode(r) for r in requests))
         p.stdin.flush()
         answered = set()
         while not {1, 2, 3} <= answered:
             message = json.loads(p.stdout.readline())
             if "event" not in message:
                 answered.add(message["id"])
-        p.stdin.write(protocol_encode({"id": 5, "op": "shutdown"}))
+        p.stdin.write(protocol.encode({"id": 5, "op": "shutdown"}))
         p.stdin.flush()
         out, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
     return p.returncode, out, err.decode(errors="replace")
-
-
-def protocol_encode(message):
-    from blender_addon.engine_link.protocol import encode
-
-    return encode(message)
 
 
 def test_thirty_start_serve_shutdown_cycles_all_exit_0(tiny_weights, tmp_path):
