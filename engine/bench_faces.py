@@ -8,6 +8,7 @@ cost without face-aware restore) are timed in the same process for the ratio.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 
 import cv2
 import numpy as np
@@ -55,7 +56,12 @@ def run(weights: str | None, base: str | None, width: int, height: int, faces: i
     else:
         restorer = IdentityModel()
     frame = compose_frame(width, height, faces)
-    pipeline = FrameRestorer(restorer, min_face)
+    with closing(FrameRestorer(restorer, min_face)) as pipeline:  # graphs closed: no native thread left at exit
+        return _time_stages(pipeline, frame, weights, faces, repeats, restorer)
+
+
+def _time_stages(pipeline, frame, weights, faces: int, repeats: int, restorer) -> dict:
+    height, width = frame.shape[:2]
     found = pipeline.restore([frame], ["auto"])[0].faces  # warm-up: graphs, compile, caches
     pipeline.timings = Timings()
     t = time.perf_counter()

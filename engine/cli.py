@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from blender_addon.engine_link.licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseNotAccepted
@@ -140,7 +141,7 @@ def cmd_restore(a) -> int:
     from .face_restore import FrameRestorer
     from .jobs import collect_items, restore_items
     from .loading import check_license
-    from .runtime import Restorer
+    from .runtime import Restorer, warn_if_gpu_unused
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
     items = collect_items(a.inputs, a.output, a.recursive)
@@ -160,11 +161,16 @@ def cmd_restore(a) -> int:
     started = time.perf_counter()
     restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile)
+    warn_if_gpu_unused(a.device, restorer.device)
     frames = FrameRestorer(restorer, a.min_face)
+    missing = _faces_missing(frames, items, a.faces)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     faces = no_face = 0
-    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar, closing(frames):
         def on_outcome(o):
             nonlocal faces, no_face
             counts[o.status] += 1
@@ -182,6 +188,20 @@ def cmd_restore(a) -> int:
     print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']}{found} -> {outdir} "
           f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
     return 1 if counts["failed"] else 0
+
+
+def _faces_missing(frames, items: list, mode: str) -> str | None:
+    """Once, before any frame: why frames of this run that need face detection cannot have it, or None."""
+    from .face_detect import faces_unavailable
+    from .images import header_size
+
+    if mode == "off":
+        return None
+    needing = [it.input for it in items if frames.needs_faces(header_size(it.input), mode)]
+    problem = needing and faces_unavailable()  # frames no larger than the model are restored whole without it
+    if not problem:
+        return None
+    return f"{len(needing)} of {len(items)} frames need face detection (first: {needing[0]}): {problem}"
 
 
 def cmd_info(a) -> int:
@@ -268,9 +288,16 @@ def cmd_bench_faces(a) -> int:
 
 
 def cmd_serve(a) -> int:
+    import os
+
     from .service import serve
 
-    return serve(a)
+    code = serve(a)  # returns once its threads are joined, the face graphs closed and the last answer written
+    sys.stderr.flush()
+    # Nothing of ours is left to run, but C++ static destructors in native libraries (thread pools in mediapipe's
+    # TFLite, torch) run at a normal exit and can std::terminate on a still-joinable thread (SIGABRT, reported in 6
+    # of 20 runs under load). _exit skips them, so a clean shutdown exits with the code serve returned, every time.
+    os._exit(code)
 
 
 COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench,

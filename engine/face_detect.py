@@ -10,6 +10,7 @@ reported as such.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -24,8 +25,29 @@ REACH = 0.09  # smallest face side the full-range detector finds reliably, as a 
 MESH_SIZE = 256  # crop the mesh reads; its own models work at 192 px
 
 
+# mediapipe goes in without its declared dependencies (jax, opencv-contrib-python: see pyproject's faces extra, which
+# FACES_EXTRA equals; a test keeps them equal), so a pip-installed engine names the whole recipe
+FACES_EXTRA = ("numpy<2", "protobuf>=4.25.3,<5", "absl-py", "attrs", "flatbuffers", "matplotlib")
+_QUOTED = " ".join('"' + r + '"' for r in FACES_EXTRA)  # double quotes: the same in Windows' cmd and POSIX shells
+INSTALL_FACES = f"python -m pip install {_QUOTED} && python -m pip install --no-deps mediapipe==0.10.21"
+
+
 class FaceDetectorUnavailable(RuntimeError):
     pass
+
+
+@functools.cache
+def faces_unavailable() -> str | None:
+    """Why face detection cannot run in this process, or None. mediapipe is imported once, never retried."""
+    try:
+        import mediapipe  # noqa: F401
+        mediapipe.solutions.face_detection  # noqa: B018 - a broken install fails here, not at import
+    except Exception as e:  # noqa: BLE001 - ImportError, or a missing dependency's error from inside mediapipe
+        return (f"face-aware restore (--faces auto on frames larger than the model, --faces only-crops) needs "
+                f"mediapipe 0.10.21, which cannot be imported here ({type(e).__name__}: {e}). Install it into the "
+                f"engine's venv with `{INSTALL_FACES}` (or `python build.py setup` in a checkout), or restore whole "
+                f"frames with --faces off")
+    return None
 
 
 @contextlib.contextmanager
@@ -96,12 +118,11 @@ class FaceDetector:
     """Not thread-safe (mediapipe graphs are not): one per worker."""
 
     def __init__(self, min_face: int = 72, min_score: float = 0.5):
-        try:
-            import mediapipe as mp
-        except ImportError as e:
-            raise FaceDetectorUnavailable(
-                f"face detection needs mediapipe, which is not installed ({e}); `python build.py setup` installs "
-                f"it, or restore whole frames with --faces off") from None
+        problem = faces_unavailable()
+        if problem:
+            raise FaceDetectorUnavailable(problem)
+        import mediapipe as mp
+
         self.min_face = int(min_face)
         solutions = mp.solutions
         with _quiet_stderr():  # building and first running each graph logs C++ warnings that alarm users
@@ -113,6 +134,11 @@ class FaceDetector:
             sample = _warm_up_image()
             for graph in (self._detector, self._mesh, self._person):
                 graph.process(sample)
+
+    def close(self) -> None:
+        """Stop the graphs and join their threads: left to interpreter exit, a still-joinable one aborts it."""
+        for graph in (self._detector, self._mesh, self._person):
+            graph.close()
 
     def detect(self, rgb8: np.ndarray) -> list[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB frame, largest first."""

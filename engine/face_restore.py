@@ -63,7 +63,7 @@ class FrameRestorer:
     def __init__(self, restorer, min_face: int = 72, detector=None):
         self.restorer = restorer
         self.min_face = int(min_face)
-        self._detector = detector
+        self._detector, self._detector_given = detector, detector is not None
         self.timings = Timings()
 
     @property
@@ -79,8 +79,15 @@ class FrameRestorer:
         return self.restorer.provenance
 
     def describe(self) -> dict:
+        from .face_detect import faces_unavailable
+
         return {**self.restorer.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
-                                                      "crop_size": self.size}}
+                                                      "crop_size": self.size,
+                                                      "available": faces_unavailable() is None}}
+
+    def needs_faces(self, size: tuple[int, int] | None, mode: str) -> bool:
+        """Whether a frame of `size` (width, height; None: unknown) goes through face detection in `mode`."""
+        return mode == "only-crops" or (mode == "auto" and size is not None and max(size) > self.size)
 
     @property
     def detector(self):
@@ -90,11 +97,16 @@ class FrameRestorer:
             self._detector = FaceDetector(self.min_face)
         return self._detector
 
+    def close(self) -> None:
+        """Close the face detector this made (its graphs' native threads); a later face frame opens a new one."""
+        if self._detector is not None and not self._detector_given:
+            self._detector.close()
+            self._detector = None
+
     def uses_faces(self, image: np.ndarray, mode: str) -> bool:
         if mode not in MODES:
             raise ValueError(f"unknown faces mode {mode!r}; use {', '.join(MODES)}")
-        h, w = image.shape[:2]
-        return mode == "only-crops" or (mode == "auto" and max(h, w) > self.size)
+        return self.needs_faces(image.shape[1::-1], mode)
 
     def restore(self, images: list[np.ndarray], modes: list[str]) -> list[FrameResult]:
         results: list[FrameResult | None] = [None] * len(images)

@@ -7,6 +7,8 @@ so they are refused with advice instead of being silently tone-mapped.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,14 @@ from .atomic import write_bytes_atomic
 SUPPORTED_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
                       ".webp": "WEBP"}
 FLOAT_SUFFIXES = {".exr", ".hdr"}
-MAX_PIXELS = 16384 * 16384
+# Restoring a frame whole holds several float32 copies of it at once: the decoded colour, its padded copy, the tiles'
+# outputs (x1.3 for the overlaps), the blend's sum and weights, the result and the encoder's temporaries. Measured
+# peak resident memory above the loaded model (`restore --faces off`, 1600x1200 and 3200x2400): 101 bytes per pixel.
+# The limit keeps that under MEMORY_BUDGET, so a frame near it is restored within a 16 GB machine's memory (model
+# included) instead of being killed by it; Pillow's 16K x 16K guard, switched off before, let 25 GB through.
+BYTES_PER_PIXEL = 104
+MEMORY_BUDGET = 8 * 1024 ** 3
+MAX_PIXELS = MEMORY_BUDGET // BYTES_PER_PIXEL  # 82.6 megapixels: 16K x 5K, two and a half 8K UHD frames
 JPEG_QUALITY = 95
 
 
@@ -45,22 +54,49 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in SUPPORTED_SUFFIXES or path.suffix.lower() in FLOAT_SUFFIXES
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header, pixels not decoded; None if unreadable (reading it fails later)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read_image refuses it, by name
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - any reason: read_image names it when the frame's turn comes
+        return None
+
+
+def _too_large(path: Path, pixels: int, size: str) -> ImageError:
+    return ImageError(path, f"{size}{pixels / 1e6:.0f} megapixels is too large: restoring it would take about "
+                            f"{pixels * BYTES_PER_PIXEL / 1024 ** 3:.0f} GB of memory; the limit is "
+                            f"{MAX_PIXELS / 1e6:.0f} megapixels (about {MEMORY_BUDGET / 1024 ** 3:.0f} GB). Render it "
+                            f"smaller or in parts")
+
+
 def _check_header(path: Path) -> str:
+    """The format, from the header alone: refuses what the engine cannot or should not decode before decoding it."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below gives the clearer message
+    # Pillow's decompression-bomb guard at our own limit: it warns above it (our check below refuses with the
+    # memory figures) and refuses outright at twice it, before reading any pixel data
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as im:
-            fmt, (w, h) = im.format, im.size
-            mode = im.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, (w, h) = im.format, im.size
+                mode = im.mode
+    except Image.DecompressionBombError as e:  # Pillow names the pixel count, not the dimensions
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, int(pixels.group(1)) if pixels else 2 * MAX_PIXELS, "") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (or a format this engine does not read: PNG, JPEG, TIFF, WebP)") \
             from None
     except OSError as e:
         raise ImageError(path, f"cannot read the image header: {e}") from None
     if w * h > MAX_PIXELS:
-        raise ImageError(path, f"{w}x{h} is too large ({w * h / 1e6:.0f} megapixels; the limit is "
-                               f"{MAX_PIXELS / 1e6:.0f})")
+        raise _too_large(path, w * h, f"{w}x{h}, ")
     if mode in ("F", "I") or mode.startswith("I;32"):
         raise ImageError(path, f"{fmt} with {mode} (float/32-bit) pixels is not supported: the restorer works "
                                f"on display-referred sRGB; save 8- or 16-bit PNG with the view transform applied")
@@ -76,14 +112,17 @@ def read_image(path: str | os.PathLike) -> Frame:
                                "display-referred sRGB; render to 8- or 16-bit PNG (Blender applies the view "
                                "transform to those)")
     try:
-        data = path.read_bytes()
+        if not path.stat().st_size:
+            raise ImageError(path, "file is empty (0 bytes)")
     except FileNotFoundError:
         raise ImageError(path, "file does not exist") from None
     except OSError as e:
         raise ImageError(path, f"cannot read: {e.strerror or e}") from None
-    if not data:
-        raise ImageError(path, "file is empty (0 bytes)")
-    fmt = _check_header(path)
+    fmt = _check_header(path)  # before the file is read into memory and decoded
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
     # imdecode (not imread) so non-ASCII paths work on Windows too
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:

@@ -105,20 +105,41 @@ def crop_path(output: Path, index: int) -> Path:
 
 
 def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) -> None:
-    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once."""
+    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once.
+
+    Whatever one frame raises (a decoder's cv2.error, a ValueError deep in a library, out of memory) costs that frame
+    only: the others are still restored and written.
+    """
     loaded = []
     for item in items:
         try:
             loaded.append((item, read_image(item.input)))
         except ImageError as e:
             report(Outcome(item, "failed", str(e), BAD_INPUT))
-    if not loaded:
-        return
+        except Exception as e:  # noqa: BLE001 - an unforeseen decoder error on one odd file
+            report(Outcome(item, "failed", f"{item.input}: cannot read: {_describe(e)}", BAD_INPUT))
+    if loaded:
+        _restore_loaded(frames, loaded, report)
+
+
+def _describe(e: BaseException) -> str:
+    """The first line of the message; the exception's name too unless it is a RuntimeError (ours say enough)."""
+    text = str(e).strip().splitlines()
+    if isinstance(e, RuntimeError) and text:
+        return text[0]
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None]) -> None:
     try:
         results = frames.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
-    except RuntimeError as e:  # out of memory, no face detector and friends: these frames fail, the rest carry on
-        for item, _ in loaded:
-            report(Outcome(item, "failed", f"{item.input}: restorer failed: {str(e).splitlines()[0]}", ENGINE_ERROR))
+    except Exception as e:  # noqa: BLE001
+        if len(loaded) > 1:  # which frame is at fault is unknown: give each its own try
+            for one in loaded:
+                _restore_loaded(frames, [one], report)
+            return
+        item = loaded[0][0]
+        report(Outcome(item, "failed", f"{item.input}: restorer failed: {_describe(e)}", ENGINE_ERROR))
         return
     for (item, frame), result in zip(loaded, results):
         done = Outcome(item, "restored", mode=result.mode, faces=[f.to_dict() for f in result.faces],
@@ -134,6 +155,8 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
             report(Outcome(item, "failed", str(e), BAD_OUTPUT))
         except OSError as e:
             report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT))
+        except Exception as e:  # noqa: BLE001 - e.g. an encoder's cv2.error: this output fails, the rest go on
+            report(Outcome(item, "failed", f"{item.output}: cannot write: {_describe(e)}", BAD_OUTPUT))
 
 
 def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from typing import Iterable
 
@@ -20,6 +23,10 @@ from .tiling import blend_tiles, pad_to_multiple, plan_tiles
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+class DeviceError(ValueError):
+    """A device that cannot be used, or a model that does not fit on it: one line a user can act on."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -30,11 +37,19 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but this torch build sees no CUDA GPU")
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                              f"use --device cpu, or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name} asked for, but this machine has {count} CUDA GPU"
+                              f"{'s' if count != 1 else ''} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' asked for, but Metal is not available here")
+        raise DeviceError("--device mps asked for, but Metal is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -48,6 +63,42 @@ def list_devices() -> list[dict]:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append({"id": "mps", "name": "Apple Metal"})
     return devices
+
+
+def nvidia_gpus(timeout: float = 5.0) -> list[str]:
+    """GPU names nvidia-smi lists, or [] (no driver tools, no GPU, or no answer in time)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        r = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                           timeout=timeout, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+
+
+def unused_gpu_note(requested: str, device: torch.device, gpus: list[str], torch_cuda: str | None,
+                    torch_version: str = torch.__version__) -> str | None:
+    """What to tell a user whose frames run on the CPU although an NVIDIA GPU is there; None if nothing to say."""
+    if requested != "auto" or device.type != "cpu" or not gpus:
+        return None  # --device cpu was a choice, not an accident
+    seen = f"nvidia-smi sees {', '.join(gpus)}, but the engine runs on the CPU (much slower)"
+    if torch_cuda is None:  # PyPI's Windows wheels, and any +cpu wheel, have no CUDA at all
+        release = torch_version.split("+")[0]
+        return (f"{seen}: this torch {torch_version} is a CPU-only build. Install a CUDA build into the engine's "
+                f"venv: python -m pip install --force-reinstall torch=={release} "
+                f"--index-url https://download.pytorch.org/whl/cu128")
+    return (f"{seen}: torch {torch_version} is built for CUDA {torch_cuda} but cannot use the GPU; update the "
+            f"NVIDIA driver (nvidia-smi shows the CUDA version it supports) or install a torch built for an older "
+            f"CUDA")
+
+
+def warn_if_gpu_unused(requested: str, device: torch.device) -> None:
+    if requested == "auto" and device.type == "cpu":  # nvidia-smi is only asked when it could matter
+        note = unused_gpu_note(requested, device, nvidia_gpus(), torch.version.cuda)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -66,7 +117,12 @@ class Restorer:
                  compile: str = "auto"):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.model = model.to(self.device, self.dtype).eval()
+        try:
+            self.model = model.to(self.device, self.dtype).eval()
+        except torch.OutOfMemoryError:
+            raise DeviceError(f"out of memory loading the model onto {self.device} ({self.dtype}): free the GPU "
+                              f"(other programs, another engine), pick another with --device cuda:N, or use "
+                              f"--device cpu") from None
         self.forward = optimize(self.model, self.device, compile)
         self.info = info
         self.batch_size = max(1, int(batch_size))
@@ -81,6 +137,7 @@ class Restorer:
     @classmethod
     def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, accept_license: bool = False,
                         **kwargs) -> "Restorer":
+        pick_device(kwargs.get("device", "auto"))  # a bad --device fails before a minute of loading
         model, info = load_restorer(weights, base, accept_license=accept_license)
         return cls(model, info, **kwargs)
 

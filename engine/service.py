@@ -57,11 +57,18 @@ class Service:
 
     # reader side ------------------------------------------------------------------------------------------------
     def read_loop(self, stream) -> None:
-        for line in stream:
+        while not self.closing:
+            try:
+                line = protocol.read_line(stream)
+            except ProtocolError as e:  # an over-long line: dropped unread, answered, and the next one is served
+                self.send(protocol.failure(e.request_id, e.code, e.message))
+                continue
+            except (OSError, ValueError):  # stdin closed under us
+                break
+            if not line:
+                break
             if line.strip():
                 self.handle_line(line)
-            if self.closing:
-                break
         with self.cond:  # stdin closed: the client is gone, so queued work has no one to answer to
             for j in self.jobs:
                 j.cancelled = True
@@ -185,9 +192,11 @@ def serve(args) -> int:
     sys.stdout = sys.stderr
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a service never reaches for the network
 
-    from .face_restore import FrameRestorer
     from blender_addon.engine_link.licenses import LicenseNotAccepted
-    from .runtime import Restorer
+
+    from .face_detect import faces_unavailable
+    from .face_restore import FrameRestorer
+    from .runtime import Restorer, warn_if_gpu_unused
 
     def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:
         protocol_out.write(protocol.encode({"event": "ready", "ok": False, "version": __version__,
@@ -203,13 +212,29 @@ def serve(args) -> int:
         return ready_failure(str(e), Code.LICENSE_NOT_ACCEPTED, exit_code=2)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
         return ready_failure(str(e) or type(e).__name__)
+    warn_if_gpu_unused(args.device, restorer.device)
+    problem = faces_unavailable()  # once: whole frames are still served; frames that need faces fail with this
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     info = restorer.info
-    service = Service(FrameRestorer(restorer, args.min_face), protocol_out,
+    frames = FrameRestorer(restorer, args.min_face)
+    service = Service(frames, protocol_out,
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
                        "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
-    reader = threading.Thread(target=service.read_loop, args=(sys.stdin.buffer,), daemon=True)
+    # daemon only so that a client gone without closing our stdin cannot keep the process alive; after a shutdown
+    # request or stdin's end it has finished before we exit, so no thread is cut down during interpreter teardown
+    reader = threading.Thread(target=service.read_loop, args=(sys.stdin.buffer,), name="protocol-reader",
+                              daemon=True)
     reader.start()
-    service.work_loop()
+    try:
+        service.work_loop()
+    finally:
+        frames.close()  # mediapipe's graphs join their native threads now, not in C++ static teardown at exit
+    reader.join(timeout=5)
+    try:
+        protocol_out.flush()
+    except OSError:
+        pass
     return 0

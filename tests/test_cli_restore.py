@@ -129,3 +129,36 @@ def test_runs_as_a_module(tiny_weights, tmp_path):
                         "--weights", str(tiny_weights), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "restored 1" in r.stdout and (tmp_path / "o" / "f.png").is_file()
+
+
+def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path, monkeypatch, capsys):
+    import engine.jobs
+    from engine.face_restore import FrameRestorer
+
+    src = tmp_path / "in"
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        _write(src / name)
+    real_read, real_restore = engine.jobs.read_image, FrameRestorer.restore
+
+    def read(path):
+        if Path(path).name == "a.png":
+            raise cv2.error("imdecode exploded")
+        return real_read(path)
+
+    def restore(self, images, modes):  # any batch holding c.png fails, as a library bug on one frame would
+        if any(np.array_equal(img, bad) for img in images):
+            raise KeyError("tile")
+        return real_restore(self, images, modes)
+
+    bad = read_image(_write(src / "c.png", seed=3)).rgb
+    monkeypatch.setattr(engine.jobs, "read_image", read)
+    monkeypatch.setattr(FrameRestorer, "restore", restore)
+    out = tmp_path / "out"
+    assert main(["restore", str(src), "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu",
+                 "--batch-size", "2"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["b.png", "d.png"]
+    assert "a.png: cannot read: error: imdecode exploded" in captured.err
+    assert "c.png: restorer failed: KeyError: 'tile'" in captured.err
+    assert "restored 2, skipped 0, failed 2" in captured.out
+    assert _no_partials(out)

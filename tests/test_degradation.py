@@ -196,3 +196,14 @@ def test_check_pairs_reports_partners_and_sizes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "b" in out and "size mismatch d" in out
     assert main(["check-pairs", str(tmp_path / "nothing")]) == 2
+
+
+def test_images_with_the_same_stem_are_refused_naming_both(tmp_path, capsys):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for name in ("a.jpg", "a.png", "b.png"):
+        cv2.imwrite(str(clean / name), np.zeros((32, 32, 3), np.uint8))
+    assert main(["degrade", str(clean), "-o", str(tmp_path / "o"), "--parser", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "a.jpg" in err and "a.png" in err
+    assert not (tmp_path / "o" / "clean").exists()

@@ -102,3 +102,25 @@ def test_failed_write_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch):
         write_image(target, frame, frame.rgb)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "x.png"]
+
+
+@pytest.mark.parametrize("w, h, says", [(10_000, 10_000, "10000x10000, 100 megapixels is too large: restoring it "
+                                                          "would take about 10 GB"),
+                                        (20_000, 20_000, "400 megapixels is too large: restoring it would take about "
+                                                         "39 GB")])
+def test_a_frame_too_large_for_memory_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch, w, h, says):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(w, h))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded a frame that was to be refused"))
+    with pytest.raises(ImageError, match="the limit is 83 megapixels") as e:
+        read_image(path)
+    assert str(e.value).startswith(f"{path}: {says}")
+
+
+def test_a_frame_just_under_the_limit_passes_the_header_check(tmp_path):
+    from engine.images import BYTES_PER_PIXEL, MAX_PIXELS, MEMORY_BUDGET, _check_header
+
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_claiming(16_384, MAX_PIXELS // 16_384))
+    assert _check_header(path) == "PNG"
+    assert MAX_PIXELS * BYTES_PER_PIXEL <= MEMORY_BUDGET <= 8 * 1024 ** 3

@@ -1,4 +1,5 @@
 """The stdio service and its torch-free client: the protocol, every bad message, cancel, a killed engine, load."""
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from blender_addon.engine_link import protocol
 from blender_addon.engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
 from engine.images import read_image
 from engine.runtime import Restorer
@@ -253,3 +255,86 @@ def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_
     final = [a for a in answers if a.get("id") == 1 and "ok" in a][0]
     assert final["error"]["code"] == "engine_error" and "simulated bug" in final["error"]["message"]
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_over_long_line_is_dropped_unread_answered_and_serving_goes_on(raw):
+    answer = raw.ask(b'{"id": 1, "op": "ping", "pad": "' + b"x" * protocol.MAX_LINE + b'"}')
+    assert answer["ok"] is False and answer["error"]["code"] == "bad_request"
+    assert f"over the {protocol.MAX_LINE}-byte limit" in answer["error"]["message"]
+    assert raw.ask(b'{"id": "after", "op": "ping"}')["ok"]
+
+
+class ReadRecorder(io.BytesIO):
+    """A binary stream that remembers the longest piece it handed out."""
+    longest = 0
+
+    def readline(self, size=-1):
+        line = super().readline(size)
+        self.longest = max(self.longest, len(line))
+        return line
+
+
+def test_reads_never_hold_more_than_the_limit_and_stay_in_step(monkeypatch):
+    monkeypatch.setattr(protocol, "MAX_LINE", 64)
+    stream = ReadRecorder(b'{"id": 1}\n' + b"y" * 1000 + b"\n" + b'{"id": 2}\n' + b"z" * 65)
+    assert protocol.read_line(stream) == b'{"id": 1}\n'
+    with pytest.raises(protocol.ProtocolError, match="1001 bytes is over the 64-byte limit") as e:
+        protocol.read_line(stream)
+    assert e.value.code == "bad_request"
+    assert protocol.read_line(stream) == b'{"id": 2}\n'
+    with pytest.raises(protocol.ProtocolError):  # unterminated and over-long at the end: still refused
+        protocol.read_line(stream)
+    assert protocol.read_line(stream) == b"" and stream.longest <= 65
+
+
+def test_the_client_drops_an_over_long_engine_line_and_keeps_reading(monkeypatch, tiny_weights):
+    monkeypatch.setattr(protocol, "MAX_LINE", 64)
+
+    class Process:
+        stdout = ReadRecorder(b'{"event": "ready", "ok": true}\n' + b"{" * 5000 + b"\n" + b'{"id": "r1", "ok": true}\n')
+
+    client = EngineClient(_settings(tiny_weights))
+    client._dispatch_lines(Process)
+    assert client.ready == {"event": "ready", "ok": True} and Process.stdout.longest <= 65
+    assert any("over the 64-byte limit" in line for line in client.stderr_tail())
+
+
+def _cycle(weights, frames, k):
+    """Start, restore (face frame, whole frame), ping, info, shutdown; odd cycles shut down with work still queued."""
+    p = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--weights", str(weights), "--device", "cpu"],
+                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert json.loads(p.stdout.readline())["ok"]
+        requests = [{"id": 1, "op": "restore", "faces": "auto", "overwrite": True,
+                     "items": [{"input": str(f), "output": str(f.parent / f"out{k}" / f.name)} for f in frames]},
+                    {"id": 2, "op": "ping"}, {"id": 3, "op": "info"}]
+        if k % 2:
+            requests.append({"id": 4, "op": "restore", "faces": "auto", "overwrite": True,
+                             "items": [{"input": str(frames[0]), "output": str(frames[0].parent / f"q{k}.png")}] * 3})
+        p.stdin.write(b"".join(protocol.encode(r) for r in requests))
+        p.stdin.flush()
+        answered = set()
+        while not {1, 2, 3} <= answered:
+            message = json.loads(p.stdout.readline())
+            if "event" not in message:
+                answered.add(message["id"])
+        p.stdin.write(protocol.encode({"id": 5, "op": "shutdown"}))
+        p.stdin.flush()
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, out, err.decode(errors="replace")
+
+
+def test_thirty_start_serve_shutdown_cycles_all_exit_0(tiny_weights, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [_image(tmp_path / "face.png", (72, 88)), _image(tmp_path / "crop.png", (40, 48))]
+    with ThreadPoolExecutor(3) as pool:  # three at a time: the load under which aborts at exit were seen
+        runs = list(pool.map(lambda k: _cycle(tiny_weights, frames, k), range(30)))
+    codes = [code for code, _, _ in runs]
+    assert codes == [0] * 30, [err[-400:] for code, _, err in runs if code]
+    for _, out, err in runs:
+        assert {"id": 5, "ok": True, "result": {"shutdown": True}} in [json.loads(line) for line in out.splitlines()]
+        assert "terminate called" not in err

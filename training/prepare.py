@@ -129,6 +129,15 @@ def collect_sources(clean_dir: Path) -> list[tuple[Path, str]]:
     files = sorted(p for p in clean_dir.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
     if not files:
         raise ValueError(f"no images in {clean_dir}")
+    # every pair is written as <stem>.png, so a.jpg and a.png would silently overwrite each other's pairs
+    first: dict[str, Path] = {}
+    for p in files:
+        key = p.relative_to(clean_dir).with_suffix("").as_posix().casefold()  # case-insensitive file systems too
+        if key in first:
+            stem = p.relative_to(clean_dir).with_suffix(".png").as_posix()
+            raise ValueError(f"{first[key]} and {p} would both become {stem} in the pairs; rename or remove one "
+                             f"of them")
+        first[key] = p
     return [(p, p.relative_to(clean_dir).as_posix()) for p in files]
 
 

@@ -269,7 +269,14 @@ class EngineClient:
             req._finish(error=error)
 
     def _dispatch_lines(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
+        while True:
+            try:
+                line = protocol.read_line(process.stdout)  # bounded: a runaway engine cannot fill Blender's memory
+            except protocol.ProtocolError as e:
+                self._stderr.append(f"(engine output dropped) {e.message}")
+                continue
+            if not line:
+                return
             self.last_heard = time.monotonic()
             try:
                 message = protocol.decode(line)

@@ -48,9 +48,25 @@ def encode(message: dict) -> bytes:
     return (json.dumps(message, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
+def read_line(stream) -> bytes:
+    """The next line of a binary stream (b"" at its end), never holding more than MAX_LINE + 1 bytes of it.
+
+    An over-long line is read to its end in bounded pieces and dropped, then ProtocolError(bad_request) is raised:
+    the stream stays in step and the reader can go on with the next line.
+    """
+    line = stream.readline(MAX_LINE + 1)
+    if line.endswith(b"\n") or len(line) <= MAX_LINE:
+        return line
+    dropped = len(line)
+    while line and not line.endswith(b"\n"):
+        line = stream.readline(MAX_LINE + 1)
+        dropped += len(line)
+    raise ProtocolError(Code.BAD_REQUEST, f"message of {dropped} bytes is over the {MAX_LINE}-byte limit; dropped")
+
+
 def decode(line: bytes | str) -> dict:
-    if len(line) > MAX_LINE:
-        raise ProtocolError(Code.BAD_JSON, f"message of {len(line)} bytes is over the {MAX_LINE}-byte limit")
+    if len(line) > MAX_LINE + 1:  # read_line bounds the read itself; this guards lines that came another way
+        raise ProtocolError(Code.BAD_REQUEST, f"message of {len(line)} bytes is over the {MAX_LINE}-byte limit")
     try:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError) as e:
