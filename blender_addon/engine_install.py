@@ -268,8 +268,9 @@ def remove(home: Path) -> None:
 class InstallJob:
     """An install on a thread, for the panel to poll: `phase` and `line` while it runs, then `changed` or `error`."""
 
-    def __init__(self, installer: Installer, force: bool = False, before_swap: Callable[[], None] = lambda: None):
-        self.installer, self.force, self.before_swap = installer, force, before_swap
+    def __init__(self, installer: Installer, force: bool = False, before_swap: Callable[[], None] = lambda: None,
+                 echo: Callable[[str, str], None] = lambda phase, line: None):
+        self.installer, self.force, self.before_swap, self.echo = installer, force, before_swap, echo
         self.phase, self.line = "Starting", ""
         self.changed, self.error = None, None
         self.thread = None
@@ -277,6 +278,7 @@ class InstallJob:
 
     def _progress(self, phase: str, line: str) -> None:
         self.phase, self.line = phase, line
+        self.echo(phase, line)
 
     def run(self) -> None:
         try:

@@ -147,3 +147,12 @@ def test_remove_forgets_the_engine(tmp_path, wheel_dir, fake_pip):
     installer(home, wheel_dir).install()
     engine_install.remove(home)
     assert engine_install.engine_python(home) == "" and not (home / "envs").exists()
+
+
+def test_the_installed_engine_is_the_default_but_the_environment_variable_wins(monkeypatch):
+    from blender_addon.frame_queue import default_engine_python
+
+    monkeypatch.delenv("SPLAT_RESTORE_ENGINE_PYTHON", raising=False)
+    assert default_engine_python("/home/u/engine/bin/python") == "/home/u/engine/bin/python"
+    monkeypatch.setenv("SPLAT_RESTORE_ENGINE_PYTHON", "/farm/python")
+    assert default_engine_python("/home/u/engine/bin/python") == "/farm/python"
