@@ -129,6 +129,21 @@ def test_a_failed_install_keeps_the_previous_engine_and_shows_pips_error(tmp_pat
     assert "No space left on device" in (home / "install.log").read_text()
 
 
+def test_a_full_disk_at_the_switch_keeps_the_previous_engine(tmp_path, wheel_dir, fake_pip, monkeypatch):
+    home = tmp_path / "home"
+    installer(home, wheel_dir).install()
+    python = engine_install.engine_python(home)
+    (wheel_dir / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel v2")
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine_install.os, "replace", full)
+    with pytest.raises(InstallFailed, match="No space left on device"):
+        installer(home, wheel_dir).install()
+    assert engine_install.engine_python(home) == python and len(list((home / "envs").iterdir())) == 1
+
+
 def test_an_add_on_without_the_wheel_says_how_to_build_it(tmp_path):
     with pytest.raises(InstallFailed, match="python build.py addon"):
         Installer(tmp_path, tmp_path, sys.executable).install()
