@@ -139,7 +139,8 @@ def subprocess_env() -> dict:
     """Blender's own Python settings must not leak into the venv's interpreter; pip's request tracker left by an
     earlier ensurepip would point at a deleted folder (Dream Textures met this)."""
     drop = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PIP_REQ_TRACKER", "VIRTUAL_ENV")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    # piped output would otherwise be in Windows' ANSI code page, and the log and panel read it as UTF-8
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONIOENCODING": "utf-8"}
 
 
 def judge_python(python: str, version: tuple, has_venv: bool) -> str:
@@ -193,8 +194,8 @@ class Installer:
             return False
         check_python(self.python)
         venv = self.home / "envs" / uuid.uuid4().hex[:12]
-        venv.parent.mkdir(parents=True, exist_ok=True)
         try:
+            venv.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log, "w", encoding="utf-8", errors="replace") as self._log:
                 self._run("Creating the engine's Python environment", [self.python, *VENV, str(venv)], hint=FIX)
                 python = str(venv_python(venv))
@@ -208,7 +209,8 @@ class Installer:
             os.replace(pointer, self.home / "current")
         except OSError as e:  # disk full, permissions: the new venv goes, the live one stays
             shutil.rmtree(venv, ignore_errors=True)
-            raise InstallFailed(f"installing the engine into {venv} failed: {e}", log=self.log) from None
+            raise InstallFailed(f"installing the engine into {venv} failed ({e}); the previous engine is unchanged",
+                                log=self.log) from None
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise

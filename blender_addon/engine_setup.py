@@ -1,8 +1,9 @@
 """Install / Update / Remove Engine: the bpy side of engine_install (which holds the logic).
 
-Interactive installs run on a thread; a modal timer redraws the preferences with the phase and pip's last line, so
-Blender stays responsive for the minutes torch takes. In background mode (blender -b, scripts) the operator blocks and
-prints progress, because timers never fire there.
+Interactive installs run on a thread and an app timer redraws the preferences with the phase and pip's last line, so
+Blender stays responsive for the minutes torch takes; the timer, unlike a modal operator's, survives the preferences
+window being closed. In background mode (blender -b, scripts) the operator blocks and prints progress, because timers
+never fire there.
 """
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ WHEEL_DIR = Path(__file__).resolve().parent / "engine_wheel"
 
 class InstallState:
     job = None  # InstallJob while an interactive install runs
-    error = ""  # the last install's failure, with pip's tail, until the next install
+    error = ""  # the last install's failure, with pip's tail, shown until the next install
 
 
 def engine_home() -> Path:
@@ -34,13 +35,6 @@ def installed_engine_python() -> str:
 
 def _prefs(context):
     return context.preferences.addons[__package__].preferences
-
-
-def _redraw_preferences(context):
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
 
 
 class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
@@ -79,34 +73,42 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
         if InstallState.job is not None:
             self.report({"WARNING"}, "Splat Restore: an engine install is already running")
             return {"CANCELLED"}
-        InstallState.job = InstallJob(self._installer(context), self.force, MANAGER.stop)
-        InstallState.error = ""
+        InstallState.job, InstallState.error = InstallJob(self._installer(context), self.force, MANAGER.stop), ""
         InstallState.job.start()
-        self._timer = context.window_manager.event_timer_add(0.25, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        _redraw_preferences(context)
-        job = InstallState.job
-        if not job.done:
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        InstallState.job = None
-        return self._conclude(job)
+        bpy.app.timers.register(_follow_install, first_interval=0.25)
+        self.report({"INFO"}, "Splat Restore: installing the engine; progress in the add-on's preferences")
+        return {"FINISHED"}
 
     def _conclude(self, job):
+        message = _outcome(job)
         if job.error is not None:
-            InstallState.error = str(job.error)
-            self.report({"ERROR"}, f"Splat Restore: {job.error}")
+            self.report({"ERROR"}, message)
             return {"CANCELLED"}
-        InstallState.error = ""
-        probe = engine_install.installed(job.installer.home)["probe"]
-        done = "installed" if job.changed else "already installed, nothing to do"
-        self.report({"INFO"}, f"Splat Restore: engine {done}: {engine_install.describe(probe)}")
+        self.report({"INFO"}, message)
         return {"FINISHED"}
+
+
+def _outcome(job) -> str:
+    InstallState.error = str(job.error) if job.error is not None else ""
+    if job.error is not None:
+        return f"Splat Restore: {job.error}"
+    probe = engine_install.installed(job.installer.home)["probe"]
+    done = "installed" if job.changed else "already installed, nothing to do"
+    return f"Splat Restore: engine {done}: {engine_install.describe(probe)}"
+
+
+def _follow_install():
+    """App timer while an interactive install runs: redraw its progress, then show how it ended."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in ("PREFERENCES", "PROPERTIES", "IMAGE_EDITOR"):  # where the add-on shows it
+                area.tag_redraw()
+    job = InstallState.job
+    if not job.done:
+        return 0.25
+    print(_outcome(job))
+    InstallState.job = None
+    return None
 
 
 class SPLATRESTORE_OT_remove_engine(bpy.types.Operator):
@@ -150,7 +152,7 @@ def draw_engine_box(layout, prefs):
         row.label(text="This add-on carries no engine: install the zip `python build.py addon` makes")
     elif not current:
         row.operator("splat_restore.install_engine", icon="IMPORT")
-    elif current["stamp"] != Installer(home, WHEEL_DIR, "").wanted()[1]:
+    elif not Installer(home, WHEEL_DIR, "").up_to_date():
         row.operator("splat_restore.install_engine", text="Update Engine", icon="FILE_REFRESH")
     else:
         row.operator("splat_restore.install_engine", text="Reinstall Engine", icon="FILE_REFRESH").force = True
@@ -163,4 +165,10 @@ def draw_engine_box(layout, prefs):
 
 CLASSES = (SPLATRESTORE_OT_install_engine, SPLATRESTORE_OT_remove_engine)
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def unregister():
+    if bpy.app.timers.is_registered(_follow_install):  # the add-on is going: its timer must not outlive it
+        bpy.app.timers.unregister(_follow_install)
+    _unregister_classes()

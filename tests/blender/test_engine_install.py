@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bpy
 import numpy as np
 import pytest
 from conftest import ROOT, engine_restore
@@ -76,3 +77,42 @@ def test_remove_engine_deletes_it(installed):
     assert installed["remove"] == ["FINISHED"], installed["remove_error"]
     assert installed["python_after_remove"] == "" and not installed["envs_left"]
     assert installed["default_after_remove"] != installed["python"]
+
+
+def test_python_for_install_is_the_interpreter_the_venv_is_made_with(addon, tmp_path, monkeypatch):
+    from blender_addon import engine_setup
+
+    wheels = tmp_path / "engine_wheel"
+    wheels.mkdir()
+    (wheels / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (wheels / "pins.json").write_text(json.dumps({"torch": TORCH_PIN, "mediapipe": "mediapipe==0.10.21"}))
+    monkeypatch.setattr(engine_setup, "WHEEL_DIR", wheels)
+    addon.install_python = str(tmp_path / "python3.12")
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot run .*python3\.12"):
+            bpy.ops.splat_restore.install_engine(target=str(tmp_path / "home"))
+    finally:
+        addon.install_python = ""
+    assert engine_setup.InstallState.error.startswith("cannot run")
+
+
+def test_an_add_on_run_from_a_checkout_says_it_carries_no_engine(addon, tmp_path):
+    with pytest.raises(RuntimeError, match="build.py addon"):
+        bpy.ops.splat_restore.install_engine(target=str(tmp_path))
+
+
+def test_an_interactive_install_ends_showing_its_error_in_the_preferences(addon):
+    from blender_addon.engine_install import InstallFailed
+    from blender_addon.engine_setup import InstallState, _follow_install
+
+    class Running:
+        done = False
+
+    class Failed:
+        done, changed, error = True, None, InstallFailed("Installing PyTorch failed", "ERROR: no network")
+
+    InstallState.job = Running()
+    assert _follow_install() == 0.25  # timers never fire in background mode: call it as the timer would
+    InstallState.job = Failed()
+    assert _follow_install() is None
+    assert InstallState.job is None and InstallState.error.endswith("ERROR: no network")
