@@ -102,9 +102,15 @@ def validate_manifest(manifest: dict) -> None:
 
 
 def build_addon() -> Path:
-    """dist/splat_restore-<version>.zip: the manifest and the add-on's Python files at the zip's root."""
+    """dist/splat_restore-<version>.zip: the manifest and the add-on's Python files at the zip's root, and in
+    engine_wheel/ the engine as a wheel with the pins setup() installs it with, for the add-on's Install Engine.
+    The wheel is deliberately not in the manifest's `wheels`: Blender would install it into its own Python."""
+    import json
+    import tempfile
     import tomllib
     import zipfile
+
+    from engine_wheel import build_engine_wheel
 
     src = ROOT / "blender_addon"
     manifest = tomllib.loads((src / "blender_manifest.toml").read_text(encoding="utf-8"))
@@ -116,6 +122,10 @@ def build_addon() -> Path:
         for path in sorted(src.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".toml"):
                 zf.write(path, path.relative_to(src).as_posix())
+        with tempfile.TemporaryDirectory() as folder:
+            wheel = build_engine_wheel(Path(folder))
+            zf.write(wheel, f"engine_wheel/{wheel.name}")
+        zf.writestr("engine_wheel/pins.json", json.dumps({"torch": TORCH, "mediapipe": MEDIAPIPE}))
     os.replace(tmp, out)
     print(out)
     return out

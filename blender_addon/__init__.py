@@ -4,7 +4,7 @@ bpy is imported only by the modules that register() loads, so the bpy-free parts
 engine client; frame_queue) can be imported by the engine and by plain tests.
 """
 
-_MODULES = ("preferences", "properties", "operators", "handlers", "ui")
+_MODULES = ("preferences", "engine_setup", "properties", "operators", "handlers", "ui")
 
 
 def _modules():

@@ -57,11 +57,12 @@ def newest_existing(candidates) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def default_engine_python() -> str:
-    """The engine interpreter when none is set: $SPLAT_RESTORE_ENGINE_PYTHON, else the checkout's .venv."""
+def default_engine_python(installed: str = "") -> str:
+    """The engine interpreter when the preferences name none: $SPLAT_RESTORE_ENGINE_PYTHON (farms, development),
+    else the one Install Engine made (`installed`), else the checkout's .venv."""
     env = os.environ.get("SPLAT_RESTORE_ENGINE_PYTHON")
-    if env:
-        return env
+    if env or installed:
+        return env or installed
     found = find_venv_python(Path(__file__).resolve().parents[1])
     return str(found) if found else ""
 

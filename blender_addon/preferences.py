@@ -2,6 +2,7 @@
 import bpy
 
 from . import devices
+from .engine_setup import draw_engine_box, installed_engine_python
 from .engine_link.client import EngineSettings
 from .engine_link.licenses import ACCEPT_ENV, NVIDIA_DIFIX
 from .engine_link.weights import DIFIX_HUB_ID, MODELS
@@ -34,7 +35,12 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
     engine_python: bpy.props.StringProperty(
         name="Engine Python", subtype="FILE_PATH",
         description="The engine's own interpreter (its venv: .venv/bin/python, or .venv\\Scripts\\python.exe on "
-                    "Windows). Empty: $SPLAT_RESTORE_ENGINE_PYTHON or the checkout's .venv")
+                    "Windows). Empty: $SPLAT_RESTORE_ENGINE_PYTHON, the engine Install Engine made, or the "
+                    "checkout's .venv")
+    install_python: bpy.props.StringProperty(
+        name="Python for Install", subtype="FILE_PATH",
+        description="The Python 3.10-3.12 that Install Engine makes the engine's environment with; empty: "
+                    "Blender's own")
     model: bpy.props.EnumProperty(name="Model", items=MODELS, default="checkpoint",
                                   description="Which restorer the engine runs")
     weights: bpy.props.StringProperty(name="Weights", subtype="FILE_PATH",
@@ -84,9 +90,10 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
 
     def draw(self, context):
         layout = self.layout
+        draw_engine_box(layout, self)
         layout.prop(self, "engine_python")
         if not self.engine_python:
-            layout.label(text=f"Using: {default_engine_python() or 'nothing found'}")
+            layout.label(text=f"Using: {default_engine_python(installed_engine_python()) or 'nothing found'}")
         layout.prop(self, "model")
         if self.model == "difix":
             self.draw_difix(layout)
@@ -133,7 +140,8 @@ def preferences(context=None):
 
 def engine_settings(context=None) -> EngineSettings:
     prefs = preferences(context)
-    python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python else default_engine_python()
+    python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python \
+        else default_engine_python(installed_engine_python())
     difix = prefs.model == "difix"
     if difix:
         weights = bpy.path.abspath(prefs.difix_weights) if prefs.difix_weights.startswith("//") \

@@ -1,6 +1,7 @@
 """Panels: Render Properties > Splat Restore, and the Image Editor sidebar."""
 import bpy
 
+from .engine_setup import InstallState
 from .frame_queue import check_restored_folder
 from .state import MANAGER, RenderState
 
@@ -23,6 +24,8 @@ def _draw(layout, context):
         except ValueError as e:
             sub.label(text=str(e), icon="ERROR")
     sub.prop(settings, "fail_on_errors")
+    if InstallState.job is not None:
+        layout.label(text=f"Engine install: {InstallState.job.phase}...", icon="SORTTIME")
     row = layout.row()
     row.label(text=f"Engine: {MANAGER.status}")
     row.operator("splat_restore.stop_engine", text="", icon="CANCEL")

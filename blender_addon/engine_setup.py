@@ -1,0 +1,174 @@
+"""Install / Update / Remove Engine: the bpy side of engine_install (which holds the logic).
+
+Interactive installs run on a thread and an app timer redraws the preferences with the phase and pip's last line, so
+Blender stays responsive for the minutes torch takes; the timer, unlike a modal operator's, survives the preferences
+window being closed. In background mode (blender -b, scripts) the operator blocks and prints progress, because timers
+never fire there.
+"""
+import sys
+from pathlib import Path
+
+import bpy
+
+from . import engine_install
+from .engine_install import InstallFailed, Installer, InstallJob
+from .state import MANAGER
+
+WHEEL_DIR = Path(__file__).resolve().parent / "engine_wheel"
+
+
+class InstallState:
+    job = None  # InstallJob while an interactive install runs
+    error = ""  # the last install's failure, with pip's tail, shown until the next install
+
+
+def engine_home() -> Path:
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, create=True))
+    except ValueError:  # a checkout enabled as a legacy add-on (development, tests) is not an extension
+        return Path(bpy.utils.user_resource("DATAFILES", path=__package__, create=True))
+
+
+def installed_engine_python() -> str:
+    return engine_install.engine_python(engine_home())
+
+
+def _prefs(context):
+    return context.preferences.addons[__package__].preferences
+
+
+class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
+    """Make the engine's own Python environment and install PyTorch and the engine into it (a few GB, minutes)"""
+    bl_idname = "splat_restore.install_engine"
+    bl_label = "Install Engine"
+
+    target: bpy.props.StringProperty(
+        name="Folder", subtype="DIR_PATH", options={"SKIP_SAVE"},
+        description="Where the engine goes; empty: the extension's user folder")
+    force: bpy.props.BoolProperty(name="Reinstall", options={"SKIP_SAVE"},
+                                  description="Install again even if this engine is already installed")
+
+    def _installer(self, context):
+        home = Path(bpy.path.abspath(self.target)) if self.target else engine_home()
+        chosen = _prefs(context).install_python
+        return Installer(home, WHEEL_DIR, bpy.path.abspath(chosen) if chosen else sys.executable)
+
+    def execute(self, context):
+        shown = [""]
+
+        def echo(phase, line):
+            if phase != shown[0]:
+                print(f"Splat Restore: {phase}", flush=True)
+                shown[0] = phase
+            if line:
+                print(f"  {line}", flush=True)
+
+        job = InstallJob(self._installer(context), self.force, MANAGER.stop, echo)
+        job.run()
+        return self._conclude(job)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        if InstallState.job is not None:
+            self.report({"WARNING"}, "Splat Restore: an engine install is already running")
+            return {"CANCELLED"}
+        InstallState.job, InstallState.error = InstallJob(self._installer(context), self.force, MANAGER.stop), ""
+        InstallState.job.start()
+        bpy.app.timers.register(_follow_install, first_interval=0.25)
+        self.report({"INFO"}, "Splat Restore: installing the engine; progress in the add-on's preferences")
+        return {"FINISHED"}
+
+    def _conclude(self, job):
+        message = _outcome(job)
+        if job.error is not None:
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, message)
+        return {"FINISHED"}
+
+
+def _outcome(job) -> str:
+    InstallState.error = str(job.error) if job.error is not None else ""
+    if job.error is not None:
+        return f"Splat Restore: {job.error}"
+    probe = engine_install.installed(job.installer.home)["probe"]
+    done = "installed" if job.changed else "already installed, nothing to do"
+    return f"Splat Restore: engine {done}: {engine_install.describe(probe)}"
+
+
+def _follow_install():
+    """App timer while an interactive install runs: redraw its progress, then show how it ended."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in ("PREFERENCES", "PROPERTIES", "IMAGE_EDITOR"):  # where the add-on shows it
+                area.tag_redraw()
+    job = InstallState.job
+    if not job.done:
+        return 0.25
+    print(_outcome(job))
+    InstallState.job = None
+    return None
+
+
+class SPLATRESTORE_OT_remove_engine(bpy.types.Operator):
+    """Delete the engine's Python environment (frees its disk space; Install Engine brings it back)"""
+    bl_idname = "splat_restore.remove_engine"
+    bl_label = "Remove Engine"
+
+    target: bpy.props.StringProperty(name="Folder", subtype="DIR_PATH", options={"SKIP_SAVE"},
+                                     description="The folder Install Engine used; empty: the extension's")
+
+    def execute(self, context):
+        if InstallState.job is not None:
+            self.report({"ERROR"}, "Splat Restore: an engine install is running; remove it when it is done")
+            return {"CANCELLED"}
+        MANAGER.stop()
+        try:
+            engine_install.remove(Path(bpy.path.abspath(self.target)) if self.target else engine_home())
+        except InstallFailed as e:
+            self.report({"ERROR"}, f"Splat Restore: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Splat Restore: engine removed")
+        return {"FINISHED"}
+
+
+def draw_engine_box(layout, prefs):
+    box = layout.box()
+    job = InstallState.job
+    if job is not None:
+        box.label(text=f"{job.phase}...", icon="SORTTIME")
+        if job.line:
+            box.label(text=job.line[-120:])
+        return
+    home = engine_home()
+    current = engine_install.installed(home)
+    if current:
+        box.label(text=engine_install.describe(current["probe"]), icon="CHECKMARK")
+    else:
+        box.label(text="No engine installed here (a few GB: PyTorch and the engine)", icon="INFO")
+    row = box.row()
+    if not WHEEL_DIR.is_dir():
+        row.label(text="This add-on carries no engine: install the zip `python build.py addon` makes")
+    elif not current:
+        row.operator("splat_restore.install_engine", icon="IMPORT")
+    elif not Installer(home, WHEEL_DIR, "").up_to_date():
+        row.operator("splat_restore.install_engine", text="Update Engine", icon="FILE_REFRESH")
+    else:
+        row.operator("splat_restore.install_engine", text="Reinstall Engine", icon="FILE_REFRESH").force = True
+    if current:
+        row.operator("splat_restore.remove_engine", icon="TRASH")
+    box.prop(prefs, "install_python")
+    for line in InstallState.error.splitlines()[-8:]:
+        box.label(text=line, icon="ERROR")
+
+
+CLASSES = (SPLATRESTORE_OT_install_engine, SPLATRESTORE_OT_remove_engine)
+
+register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def unregister():
+    if bpy.app.timers.is_registered(_follow_install):  # the add-on is going: its timer must not outlive it
+        bpy.app.timers.unregister(_follow_install)
+    _unregister_classes()

@@ -1,0 +1,52 @@
+"""The engine wheel `build.py addon` puts in the extension zip for Install Engine."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine_wheel import build_engine_wheel  # noqa: E402
+
+
+def test_the_wheel_is_pure_python_and_holds_only_what_the_engine_runs(tmp_path):
+    wheel = build_engine_wheel(tmp_path)
+    assert wheel.name == "splat_restore-0.1.0-py3-none-any.whl"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "engine/cli.py" in names and "engine/configs/sd-turbo/unet_config.json" in names
+    assert "blender_addon/engine_link/protocol.py" in names
+    assert not [n for n in names if n.startswith("training/") or n == "blender_addon/operators.py"]
+    meta = zipfile.ZipFile(wheel).read("splat_restore-0.1.0.dist-info/METADATA").decode()
+    assert 'Requires-Dist: numpy<2; extra == "faces"' in meta and "Requires-Dist: diffusers>=0.30" in meta
+
+
+def test_rebuilding_gives_the_same_bytes(tmp_path):
+    """Install Engine stamps the wheel's hash: an unchanged engine must not look like an upgrade."""
+    first = build_engine_wheel(tmp_path / "a").read_bytes()
+    assert build_engine_wheel(tmp_path / "b").read_bytes() == first
+
+
+def test_the_installed_wheel_runs_the_engine_without_the_checkout(tmp_path):
+    wheel = build_engine_wheel(tmp_path)
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, wheel],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import engine.cli, json; print(json.dumps(engine.__file__))"],
+                       capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target)})
+    assert r.returncode == 0, r.stderr
+    assert Path(json.loads(r.stdout)).is_relative_to(target)
+
+
+def test_the_addon_zip_carries_the_wheel_and_its_pins_outside_the_manifest(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(r.stdout.strip().splitlines()[-1]) as zf:
+        assert "engine_wheel/splat_restore-0.1.0-py3-none-any.whl" in zf.namelist()
+        pins = json.loads(zf.read("engine_wheel/pins.json"))
+        assert pins == {"torch": os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0"),
+                        "mediapipe": "mediapipe==0.10.21"}
+        assert b"wheels" not in zf.read("blender_manifest.toml")
