@@ -15,8 +15,8 @@ from blender_addon.engine_link.licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseN
 from blender_addon.engine_link.protocol import FACE_MODES
 
 from . import __version__
-from .base import DEFAULT_BASE, BaseModelError
-from .checkpoint import CheckpointError
+from .weights.base import DEFAULT_BASE, BaseModelError
+from .weights.checkpoint import CheckpointError
 from .jobs import UsageError
 
 WEIGHTS_HELP = ("a Splat Restore checkpoint (.safetensors), or weights in Difix's published layout: a folder, or "
@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_restore(a) -> int:
     from tqdm import tqdm
 
-    from .face_restore import FrameRestorer
+    from .faces.restore import FrameRestorer
     from .jobs import collect_items, restore_items
-    from .loading import check_license
+    from .weights.loading import check_license
     from .runtime import Restorer, warn_if_gpu_unused
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
@@ -192,7 +192,7 @@ def cmd_restore(a) -> int:
 
 def _faces_missing(frames, items: list, mode: str) -> str | None:
     """Once, before any frame: why frames of this run that need face detection cannot have it, or None."""
-    from .face_detect import faces_unavailable
+    from .faces.detect import faces_unavailable
     from .images import header_size
 
     if mode == "off":
@@ -210,7 +210,7 @@ def cmd_info(a) -> int:
 
         out = {"devices": list_devices()}
     elif a.arch:
-        from .loading import count_parameters
+        from .weights.loading import count_parameters
         from .model import LoraSpec
 
         out = count_parameters(a.arch, LoraSpec(rank_unet=a.rank_unet, rank_vae=a.rank_vae,
@@ -219,7 +219,7 @@ def cmd_info(a) -> int:
         from dataclasses import asdict
 
         from blender_addon.engine_link.licenses import license_by_id
-        from .loading import read_recipe
+        from .weights.loading import read_recipe
 
         recipe = read_recipe(a.weights)
         lic = license_by_id(recipe.license)
@@ -229,11 +229,11 @@ def cmd_info(a) -> int:
 
 
 def cmd_fetch(a) -> int:
-    from .base import fetch_base
+    from .weights.base import fetch_base
 
     folder = fetch_base(a.base)
     print(f"{a.base} -> {folder}")
-    from .loading import read_recipe
+    from .weights.loading import read_recipe
     from blender_addon.engine_link.licenses import license_by_id
 
     try:
@@ -246,18 +246,18 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_import(a) -> int:
-    from .pix2pix_import import import_pix2pix_turbo
+    from .weights.pix2pix_import import import_pix2pix_turbo
 
     print(json.dumps(import_pix2pix_turbo(a.pkl, a.output, a.base, a.prompt)))
     return 0
 
 
 def cmd_bench(a) -> int:
-    from .bench import bench, print_report
+    from .benches.speed import bench, print_report
 
     batches = [b if b == "auto" else int(b) for b in a.batch.split(",")]
     if a.weights:
-        from .loading import check_license
+        from .weights.loading import check_license
 
         check_license(a.weights, a.accept_license)
     r = bench(a.weights, a.base, a.arch, a.size, batches, a.device, a.dtype, a.compile, a.repeats, a.accept_license)
@@ -266,7 +266,7 @@ def cmd_bench(a) -> int:
 
 
 def cmd_bench_protocol(a) -> int:
-    from .bench_protocol import print_table, run
+    from .benches.protocol import print_table, run
 
     r = run(a.weights, a.base, a.frames, a.size, a.device)
     print(json.dumps(r)) if a.json else print_table(r)
@@ -274,7 +274,7 @@ def cmd_bench_protocol(a) -> int:
 
 
 def cmd_bench_faces(a) -> int:
-    from .bench_faces import print_table, run
+    from .benches.faces import print_table, run
 
     try:
         width, height = (int(v) for v in a.size.lower().split("x"))

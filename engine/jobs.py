@@ -23,7 +23,7 @@ BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGI
 class Item:
     input: Path
     output: Path
-    faces: str = "auto"  # face_restore.MODES
+    faces: str = "auto"  # faces.restore.MODES
     overwrite: bool = False  # only-crops mode: whether crops from an earlier run may be replaced
 
 
@@ -34,7 +34,7 @@ class Outcome:
     reason: str = ""
     code: str = ""  # for failures: the protocol's bad_input / bad_output / engine_error
     mode: str = ""  # how a restored frame was done: "whole" or "faces"
-    faces: list = field(default_factory=list)  # face_restore.FaceReport dicts
+    faces: list = field(default_factory=list)  # faces.restore.FaceReport dicts
     crops: list = field(default_factory=list)  # paths written in only-crops mode
     note: str = ""  # e.g. no face found: the frame was passed through unchanged
 
@@ -105,7 +105,7 @@ def crop_path(output: Path, index: int) -> Path:
 
 
 def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) -> None:
-    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once.
+    """Read, restore together (a faces.restore.FrameRestorer) and write one group of frames; each reported once.
 
     Whatever one frame raises (a decoder's cv2.error, a ValueError deep in a library, out of memory) costs that frame
     only: the others are still restored and written.
@@ -172,7 +172,7 @@ def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path
 
 def restore_items(frames, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
                   allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Restore `items` with a face_restore.FrameRestorer in groups of its batch size."""
+    """Restore `items` with a faces.restore.FrameRestorer in groups of its batch size."""
     outcomes = []
 
     def report(o: Outcome):

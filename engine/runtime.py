@@ -14,9 +14,9 @@ import torch
 from blender_addon.engine_link.licenses import license_by_id
 
 from . import __version__
-from .checkpoint import CheckpointInfo
+from .weights.checkpoint import CheckpointInfo
 from .fastpath import optimize
-from .loading import load_restorer
+from .weights.loading import load_restorer
 from .model import SplatRestorer
 from .tiling import blend_tiles, pad_to_multiple, plan_tiles
 

@@ -32,7 +32,7 @@ class RestoreJob:
 
 
 class Service:
-    """`restorer`: a face_restore.FrameRestorer (restore(images, modes), batch_size, describe())."""
+    """`restorer`: a faces.restore.FrameRestorer (restore(images, modes), batch_size, describe())."""
 
     def __init__(self, restorer, out, model_info: dict | None = None):
         self.restorer, self.out = restorer, out
@@ -194,8 +194,8 @@ def serve(args) -> int:
 
     from blender_addon.engine_link.licenses import LicenseNotAccepted
 
-    from .face_detect import faces_unavailable
-    from .face_restore import FrameRestorer
+    from .faces.detect import faces_unavailable
+    from .faces.restore import FrameRestorer
     from .runtime import Restorer, warn_if_gpu_unused
 
     def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, read_info
-from engine.loading import load_restorer
+from engine.weights.checkpoint import CheckpointError, read_info
+from engine.weights.loading import load_restorer
 
 
 def test_round_trip_reproduces_the_model(tiny_base, tmp_path):
@@ -91,14 +91,14 @@ def test_tensor_of_wrong_shape_is_refused(tiny_weights, tmp_path):
 
 
 def test_missing_base_folder_is_explained(tiny_weights, tmp_path):
-    from engine.base import BaseModelError
+    from engine.weights.base import BaseModelError
 
     with pytest.raises(BaseModelError, match="does not exist"):
         load_restorer(tiny_weights, base=str(tmp_path / "gone"))
 
 
 def test_uncached_hub_base_says_what_to_run(monkeypatch, tmp_path):
-    from engine.base import BaseModelError, resolve_base
+    from engine.weights.base import BaseModelError, resolve_base
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
@@ -107,7 +107,7 @@ def test_uncached_hub_base_says_what_to_run(monkeypatch, tmp_path):
 
 
 def test_incomplete_base_folder_is_named(tiny_base, tmp_path):
-    from engine.base import BaseModelError, resolve_base
+    from engine.weights.base import BaseModelError, resolve_base
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_base, broken)

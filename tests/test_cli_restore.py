@@ -133,7 +133,7 @@ def test_runs_as_a_module(tiny_weights, tmp_path):
 
 def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path, monkeypatch, capsys):
     import engine.jobs
-    from engine.face_restore import FrameRestorer
+    from engine.faces.restore import FrameRestorer
 
     src = tmp_path / "in"
     for name in ("a.png", "b.png", "c.png", "d.png"):

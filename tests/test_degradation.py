@@ -15,7 +15,7 @@ pytest.importorskip("mediapipe")
 
 @pytest.fixture(scope="module")
 def faces():
-    from engine.bundled_faces import bundled_faces
+    from engine.faces.bundled import bundled_faces
 
     return bundled_faces()
 

@@ -33,7 +33,7 @@ def difix_reference_forward(folder: Path, x: torch.Tensor, lora: bool = True) ->
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from engine.base import encode_prompt
+    from engine.weights.base import encode_prompt
 
     config = json.loads((folder / "vae" / "config.json").read_text())
     vae = difix_vae(config, config["lora_rank"])
@@ -91,7 +91,7 @@ def test_published_layout_has_the_real_key_names(difix):
 
 def test_recipe_is_read_from_the_configs(difix):
     from blender_addon.engine_link.licenses import NVIDIA_DIFIX
-    from engine.loading import read_recipe
+    from engine.weights.loading import read_recipe
     from engine.model import alpha_bar
 
     recipe = read_recipe(difix)
@@ -105,7 +105,7 @@ def test_recipe_is_read_from_the_configs(difix):
 
 
 def test_engine_matches_difix_reference_forward_in_fp32(difix):
-    from engine.loading import load_restorer
+    from engine.weights.loading import load_restorer
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE) * 2 - 1
@@ -123,7 +123,7 @@ def test_engine_matches_difix_reference_forward_in_fp32(difix):
 
 
 def test_ignore_skip_drops_the_skips(tmp_path):
-    from engine.loading import load_restorer
+    from engine.weights.loading import load_restorer
 
     folder = make_tiny_difix(tmp_path / "d", gamma=1.0)
     config = json.loads((folder / "vae/config.json").read_text())
@@ -137,7 +137,7 @@ def test_ignore_skip_drops_the_skips(tmp_path):
 
 def test_fp16_is_the_closer_half_precision_so_gpus_use_it(difix):
     """The weights ship in fp32 with force_upcast; measured here: fp16 mean error ~0.002, bf16 ~0.014 (7x)."""
-    from engine.loading import load_restorer
+    from engine.weights.loading import load_restorer
     from engine.runtime import pick_dtype
 
     model, _ = load_restorer(difix, accept_license=True)
@@ -156,11 +156,11 @@ def test_fp16_is_the_closer_half_precision_so_gpus_use_it(difix):
 
 
 def test_licence_refusal_loads_nothing(difix, monkeypatch):
-    import engine.published
+    import engine.weights.published
     from blender_addon.engine_link.licenses import LicenseNotAccepted
-    from engine.loading import load_restorer
+    from engine.weights.loading import load_restorer
 
-    monkeypatch.setattr(engine.published, "load_published", lambda *a: pytest.fail("loaded before the gate"))
+    monkeypatch.setattr(engine.weights.published, "load_published", lambda *a: pytest.fail("loaded before the gate"))
     with pytest.raises(LicenseNotAccepted, match="non-commercial"):
         load_restorer(difix)
 
@@ -231,7 +231,7 @@ def _fake_hub_cache(cache: Path, repo: str, folder: Path) -> None:
 
 
 def test_hub_id_is_found_in_the_hf_cache(difix, tmp_path, monkeypatch):
-    from engine.loading import read_recipe
+    from engine.weights.loading import read_recipe
 
     _fake_hub_cache(tmp_path / "hub", "nvidia/difix", difix)
     _face_png(tmp_path / "f.png")
@@ -247,8 +247,8 @@ def test_hub_id_is_found_in_the_hf_cache(difix, tmp_path, monkeypatch):
 def test_mismatched_vae_tensors_are_named(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from engine.checkpoint import CheckpointError
-    from engine.loading import load_restorer
+    from engine.weights.checkpoint import CheckpointError
+    from engine.weights.loading import load_restorer
 
     folder = make_tiny_difix(tmp_path / "d")
     weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
@@ -260,8 +260,8 @@ def test_mismatched_vae_tensors_are_named(tmp_path):
 
 
 def test_base_does_not_apply_to_published_weights(difix, tmp_path):
-    from engine.checkpoint import CheckpointError
-    from engine.loading import load_restorer
+    from engine.weights.checkpoint import CheckpointError
+    from engine.weights.loading import load_restorer
 
     with pytest.raises(CheckpointError, match="carry their own base"):
         load_restorer(difix, base=str(tmp_path), accept_license=True)

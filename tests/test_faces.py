@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.face_align import FaceFrame, blend_mask, frame_from_landmarks, paste_changes
-from engine.face_detect import REACH, scan_squares
-from engine.face_restore import FrameRestorer
+from engine.faces.align import FaceFrame, blend_mask, frame_from_landmarks, paste_changes
+from engine.faces.detect import REACH, scan_squares
+from engine.faces.restore import FrameRestorer
 from engine.images import read_image
 
 pytest.importorskip("mediapipe")
@@ -42,7 +42,7 @@ class Brighten(Identity):
 
 @pytest.fixture(scope="module")
 def faces():
-    from engine.bundled_faces import bundled_faces
+    from engine.faces.bundled import bundled_faces
 
     return bundled_faces()
 
@@ -58,7 +58,7 @@ def truth(faces):
 
 @pytest.fixture(scope="module")
 def detector():
-    from engine.face_detect import FaceDetector
+    from engine.faces.detect import FaceDetector
 
     return FaceDetector(min_face=48)
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import face_detect
+from engine.faces import detect as face_detect
 from engine.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_frames_no_larger_than_the_model_need_no_mediapipe(no_mediapipe, tiny_we
 
 def test_service_serves_whole_frames_and_fails_face_frames_without_retrying_the_import(no_mediapipe, tiny_weights,
                                                                                        tmp_path):
-    from engine.face_restore import FrameRestorer
+    from engine.faces.restore import FrameRestorer
     from engine.runtime import Restorer
     from engine.service import Service
 

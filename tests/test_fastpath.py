@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engine.bench import check_outputs
+from engine.benches.speed import check_outputs
 from engine.cli import main
 
 

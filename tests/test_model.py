@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from engine.base import CONFIG_DIR, read_config
+from engine.weights.base import CONFIG_DIR, read_config
 from engine.cli import main
 from engine.model import alpha_bar, merge_lora, skip_conv_channels
 

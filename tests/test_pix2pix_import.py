@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, read_info
+from engine.weights.checkpoint import CheckpointError, read_info
 from engine.cli import main
-from engine.loading import load_restorer
+from engine.weights.loading import load_restorer
 from engine.model import UNET_LORA_TARGETS, VAE_LORA_TARGETS, skip_conv_channels
 
 PROMPT = "a sharp portrait render"
@@ -114,7 +114,7 @@ def test_pickled_code_is_never_run(tiny_base, tmp_path, capsys):
     path = tmp_path / "evil.pkl"
     torch.save({"rank_unet": Payload()}, path)
     with pytest.raises(CheckpointError, match="evil.pkl"):
-        from engine.pix2pix_import import import_pix2pix_turbo
+        from engine.weights.pix2pix_import import import_pix2pix_turbo
         import_pix2pix_turbo(path, tmp_path / "o.safetensors", str(tiny_base), PROMPT)
     assert "pickled code ran" not in capsys.readouterr().out
 

@@ -14,7 +14,7 @@ from training.train import TrainConfig, held_out_loss, train
 
 
 def _make_pairs(root: Path, count=12, test=4, size=64) -> Path:
-    from engine.bundled_faces import bundled_faces
+    from engine.faces.bundled import bundled_faces
 
     rng = np.random.default_rng(0)
     faces = list(bundled_faces().values())
@@ -47,8 +47,8 @@ def _config(pairs, tiny_base, out, steps, **kw):
 
 
 def _held_out(cfg, weights=None):
-    from engine.base import encode_prompt, load_base
-    from engine.loading import build_restorer, load_restorer
+    from engine.weights.base import encode_prompt, load_base
+    from engine.weights.loading import build_restorer, load_restorer
     from engine.model import LoraSpec
     from training.perceptual import PerceptualLoss
 

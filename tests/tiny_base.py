@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.base import CONFIG_DIR
+from engine.weights.base import CONFIG_DIR
 
 TINY_SIZE = 64  # the tiny model's "comfortable" frame size: unet sample_size 8 * 8
 
@@ -77,8 +77,8 @@ def randomize_trainable(model, seed: int = 1, scale: float = 0.05) -> None:
 
 
 def build_tiny_restorer(base_folder: Path, prompt: str = "a clean render of a face", seed: int = 1):
-    from engine.base import encode_prompt, load_base
-    from engine.loading import build_restorer
+    from engine.weights.base import encode_prompt, load_base
+    from engine.weights.loading import build_restorer
     from engine.model import LoraSpec
 
     base = load_base(base_folder)
@@ -89,7 +89,7 @@ def build_tiny_restorer(base_folder: Path, prompt: str = "a clean render of a fa
 
 
 def write_tiny_checkpoint(base_folder: Path, out: Path, seed: int = 1) -> Path:
-    from engine.checkpoint import CheckpointInfo, save_checkpoint
+    from engine.weights.checkpoint import CheckpointInfo, save_checkpoint
     from engine.model import LoraSpec
 
     model, base = build_tiny_restorer(base_folder, seed=seed)

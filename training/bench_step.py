@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from engine.base import build_base_from_configs, load_base
-from engine.loading import build_restorer
+from engine.weights.base import build_base_from_configs, load_base
+from engine.weights.loading import build_restorer
 from engine.model import LoraSpec
 
 from .perceptual import PerceptualLoss

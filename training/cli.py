@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.base import BaseModelError
-from engine.checkpoint import CheckpointError
+from engine.weights.base import BaseModelError
+from engine.weights.checkpoint import CheckpointError
 
 from .perceptual import VGGWeightsMissing
 
@@ -120,7 +120,7 @@ def cmd_bench(a) -> int:
 
     import cv2
 
-    from engine.bundled_faces import bundled_faces
+    from engine.faces.bundled import bundled_faces
 
     from .prepare import PrepareOptions, Preparer, prepare
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from engine.face_align import FaceFrame, frame_from_box, frame_from_landmarks
+from engine.faces.align import FaceFrame, frame_from_box, frame_from_landmarks
 
 REGIONS = ("mouth", "eyes", "hair", "nose", "skin")
 SEGFORMER_DEFAULT = "jonathandinu/face-parsing"

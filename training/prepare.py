@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from engine.atomic import write_bytes_atomic
-from engine.face_align import FaceFrame, centre_frame
+from engine.faces.align import FaceFrame, centre_frame
 from engine.images import ImageError, is_image_path, read_image
 
 from .degrade import DegradeConfig, degrade
@@ -42,7 +42,7 @@ def image_seed(seed: int, name: str) -> int:
 
 
 def face_crop(image: np.ndarray, frame: FaceFrame | None, size: int) -> np.ndarray:
-    """The training framing (engine.face_align, shared with face-aware restore), or the centre without a face."""
+    """The training framing (engine.faces.align, shared with face-aware restore), or the centre without a face."""
     return (frame or centre_frame(image.shape[1], image.shape[0])).crop(image, size)
 
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.atomic import atomic_path
-from engine.base import encode_prompt, load_base
-from engine.checkpoint import CheckpointInfo, save_checkpoint
-from engine.loading import build_restorer
+from engine.weights.base import encode_prompt, load_base
+from engine.weights.checkpoint import CheckpointInfo, save_checkpoint
+from engine.weights.loading import build_restorer
 from engine.model import LoraSpec
 
 from .dataset import PairDataset

@@ -113,7 +113,7 @@ def test_restore_folder_batch(scene, tiny_weights, tmp_path):
 
 def _face_frame(path: Path) -> Path:
     """A 1280x720 frame with a bundled real face, written by the engine's Python (Blender has no sample faces)."""
-    code = ("import cv2, numpy as np; from engine.bench_faces import compose_frame; "
+    code = ("import cv2, numpy as np; from engine.benches.faces import compose_frame; "
             f"cv2.imwrite(r'{path}', (compose_frame(1280, 720, 1)[..., ::-1] * 255).round().astype(np.uint8))")
     path.parent.mkdir(parents=True, exist_ok=True)
     r = run_engine("-c", code)

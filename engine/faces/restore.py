@@ -16,7 +16,7 @@ import numpy as np
 
 from blender_addon.engine_link.protocol import FACE_MODES as MODES
 
-from .face_align import blend_mask, paste_changes
+from .align import blend_mask, paste_changes
 
 PERSON_SIZE = 256  # the selfie segmenter reads 256 x 256; a larger crop only costs time
 
@@ -79,7 +79,7 @@ class FrameRestorer:
         return self.restorer.provenance
 
     def describe(self) -> dict:
-        from .face_detect import faces_unavailable
+        from .detect import faces_unavailable
 
         return {**self.restorer.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
                                                       "crop_size": self.size,
@@ -92,7 +92,7 @@ class FrameRestorer:
     @property
     def detector(self):
         if self._detector is None:
-            from .face_detect import FaceDetector
+            from .detect import FaceDetector
 
             self._detector = FaceDetector(self.min_face)
         return self._detector

@@ -12,7 +12,7 @@ from blender_addon.engine_link.licenses import require_acceptance
 from . import published
 from .base import BaseModel, build_base_from_configs, load_base, resolve_base
 from .checkpoint import CheckpointError, CheckpointInfo, load_trainable_state, read_checkpoint, read_info
-from .model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar, merge_lora
+from ..model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar, merge_lora
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pkl", ".pt", ".pth", ".ckpt", ".bin")
 

@@ -21,7 +21,7 @@ from blender_addon.engine_link.licenses import NVIDIA_DIFIX
 
 from .base import BaseModelError, encode_prompt, read_config
 from .checkpoint import CheckpointError, CheckpointInfo
-from .model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar
+from ..model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar
 
 VAE_RECIPE_KEYS = ("lora_rank", "gamma", "ignore_skip")
 DIFIX_TIMESTEP = 199  # Difix3D's README and inference script: timesteps=[199]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .face_align import FaceFrame, frame_from_box, frame_from_landmarks
+from .align import FaceFrame, frame_from_box, frame_from_landmarks
 
 REACH = 0.09  # smallest face side the full-range detector finds reliably, as a fraction of the searched square
 MESH_SIZE = 256  # crop the mesh reads; its own models work at 192 px
@@ -107,7 +107,7 @@ def _iou(a: FaceFrame, b: FaceFrame) -> float:
 def _warm_up_image() -> np.ndarray:
     """A real face where one ships with the installed packages: the mesh's landmark stage only runs on a face."""
     try:
-        from .bundled_faces import bundled_faces
+        from .bundled import bundled_faces
 
         return cv2.resize(next(iter(bundled_faces().values())), (256, 256), interpolation=cv2.INTER_AREA)
     except (RuntimeError, OSError):

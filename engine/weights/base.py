@@ -12,7 +12,7 @@ import torch
 from blender_addon.engine_link.weights import looks_like_hub_id
 
 DEFAULT_BASE = "stabilityai/sd-turbo"
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 # What the engine needs of a base; the text encoder only for computing a prompt embedding (import, training).
 FETCH_PATTERNS = ["model_index.json", "LICENSE*", "README.md", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
                   "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",

@@ -19,10 +19,10 @@ def run(weights: str, base: str | None, frames: int, size: int, device: str) -> 
 
     from blender_addon.engine_link.client import EngineClient, EngineSettings
 
-    from .face_restore import FrameRestorer
-    from .images import read_image
-    from .jobs import Item, restore_items
-    from .runtime import Restorer
+    from ..faces.restore import FrameRestorer
+    from ..images import read_image
+    from ..jobs import Item, restore_items
+    from ..runtime import Restorer
 
     restorer = Restorer.from_pretrained(weights, base, device=device)
     with tempfile.TemporaryDirectory() as tmp:

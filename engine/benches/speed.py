@@ -11,21 +11,21 @@ import time
 
 import torch
 
-from .fastpath import auto_batch_size, count_flops, optimize, peak_tflops
-from .model import LoraSpec, merge_lora
-from .runtime import pick_device, pick_dtype
+from ..fastpath import auto_batch_size, count_flops, optimize, peak_tflops
+from ..model import LoraSpec, merge_lora
+from ..runtime import pick_device, pick_dtype
 
 
 def build_models(weights: str | None, base: str | None, arch: str, device: torch.device,
                  accept_license: bool = False):
     """(unmerged reference model, label). Random weights at full size when no checkpoint is given."""
     if weights:
-        from .loading import load_restorer
+        from ..weights.loading import load_restorer
 
         model, _ = load_restorer(weights, base, merge=False, accept_license=accept_license)
         return model, f"weights {weights}"
-    from .base import build_base_from_configs, load_base
-    from .loading import build_restorer
+    from ..weights.base import build_base_from_configs, load_base
+    from ..weights.loading import build_restorer
 
     base_model = load_base(base) if base else build_base_from_configs(arch, device="cpu")
     model = build_restorer(base_model, LoraSpec())

@@ -14,7 +14,7 @@ import torch
 from .base import encode_prompt, load_base
 from .checkpoint import CheckpointError, CheckpointInfo, canonical_key, load_trainable_state, save_checkpoint
 from .loading import build_restorer
-from .model import LoraSpec, RestorerConfig, alpha_bar
+from ..model import LoraSpec, RestorerConfig, alpha_bar
 
 REQUIRED_KEYS = ("unet_lora_target_modules", "vae_lora_target_modules", "rank_unet", "rank_vae",
                  "state_dict_unet", "state_dict_vae")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .model import LoraSpec, RestorerConfig, SplatRestorer
+from ..atomic import atomic_path
+from ..model import LoraSpec, RestorerConfig, SplatRestorer
 
 FORMAT = "splat-restore"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ from contextlib import closing
 import cv2
 import numpy as np
 
-from .face_restore import FrameRestorer, Timings
+from ..faces.restore import FrameRestorer, Timings
 
 
 class IdentityModel:
@@ -31,7 +31,7 @@ class IdentityModel:
 
 
 def compose_frame(width: int, height: int, faces: int) -> np.ndarray:
-    from .bundled_faces import bundled_faces
+    from ..faces.bundled import bundled_faces
 
     photos = list(bundled_faces().values())
     canvas = np.full((height, width, 3), 0.35, np.float32)
@@ -50,7 +50,7 @@ def compose_frame(width: int, height: int, faces: int) -> np.ndarray:
 def run(weights: str | None, base: str | None, width: int, height: int, faces: int, repeats: int, device: str,
         min_face: int) -> dict:
     if weights:
-        from .runtime import Restorer
+        from ..runtime import Restorer
 
         restorer = Restorer.from_pretrained(weights, base, device=device)
     else:
