@@ -1,0 +1,67 @@
+"""The flicker measure: warping error, the mean over consecutive frames of |O_t - warp(O_{t-1})|.
+
+Flow comes from the reference frames (the renders before restoring, or the frames themselves), so a restorer is
+judged against the motion that was really there; only pixels that pass the forward-backward check count, because at
+occlusions nothing in the previous frame should match. The reference's own error on the same flow is the floor any
+sequence of those frames has (interpolation, lighting), so the ratio to it is the number to compare.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .flow import FlowPair, gray8, warp
+
+LEVELS = 255.0  # errors are reported in 8-bit levels
+
+
+@dataclass
+class FlickerReport:
+    names: list[str]  # frame t's name, for t >= 1
+    frames: list[float]  # warping error of frame t against frame t-1, 8-bit levels
+    reference: list[float]  # the reference's own, on the same flow and pixels
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.frames))
+
+    @property
+    def reference_mean(self) -> float:
+        return float(np.mean(self.reference))
+
+    @property
+    def ratio(self) -> float:
+        return self.mean / self.reference_mean if self.reference_mean > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"unit": "8-bit levels", "mean": round(self.mean, 4), "reference_mean": round(self.reference_mean, 4),
+                "ratio": round(self.ratio, 4),
+                "frames": [{"name": n, "error": round(e, 4), "reference": round(r, 4)}
+                           for n, e, r in zip(self.names, self.frames, self.reference)]}
+
+
+def warping_error(current: np.ndarray, previous: np.ndarray, pair: FlowPair) -> float:
+    """Mean |current - warp(previous)| over the consistent pixels, 8-bit levels (0 if none are)."""
+    if not pair.consistent.any():
+        return 0.0
+    diff = np.abs(current - warp(previous, pair.backward)).mean(axis=2)
+    return float(diff[pair.consistent].mean() * LEVELS)
+
+
+def measure(frames: list[np.ndarray], reference: list[np.ndarray] | None = None, names: list[str] | None = None,
+            preset: str = "fast") -> FlickerReport:
+    """`frames` and `reference`: float32 (H, W, 3) in [0, 1], in order, the same sizes; reference defaults to frames."""
+    reference = frames if reference is None else reference
+    if len(frames) < 2 or len(reference) != len(frames):
+        raise ValueError(f"need at least 2 frames and as many reference frames; got {len(frames)} and "
+                         f"{len(reference)}")
+    names = names or [str(t) for t in range(len(frames))]
+    report = FlickerReport(names[1:], [], [])
+    grey = gray8(reference[0])
+    for t in range(1, len(frames)):
+        previous_grey, grey = grey, gray8(reference[t])
+        pair = FlowPair(grey, previous_grey, preset)
+        report.frames.append(warping_error(frames[t], frames[t - 1], pair))
+        report.reference.append(warping_error(reference[t], reference[t - 1], pair))
+    return report
