@@ -24,6 +24,8 @@ class Item:
     output: Path
     faces: str = "auto"  # face_restore.MODES
     overwrite: bool = False  # only-crops mode: whether crops from an earlier run may be replaced
+    sequence: object = None  # frames of one animation are fused in order (temporal.Sequences); None: a still
+    index: int = 0
 
 
 @dataclass
@@ -106,8 +108,9 @@ def crop_path(output: Path, index: int) -> Path:
     return output.with_name(f"{output.stem}_face{index}{output.suffix}")
 
 
-def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) -> None:
-    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once."""
+def restore_group(frames, items: list[Item], report: Callable[[Outcome], None], temporal=None) -> None:
+    """Read, restore together (a face_restore.FrameRestorer) and write one group of frames; each reported once.
+    Items of a sequence are fused with their sequence's previous frame by `temporal` (a temporal.Sequences)."""
     loaded = []
     for item in items:
         try:
@@ -128,6 +131,8 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
         try:
             item.output.parent.mkdir(parents=True, exist_ok=True)
             if result.rgb is not None:
+                if temporal is not None and item.sequence is not None:
+                    result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
                 write_image(item.output, frame, result.rgb, frames.provenance)
             else:
                 done.crops = _write_crops(item, frame, result.crops, frames.provenance)
@@ -150,8 +155,10 @@ def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path
 
 
 def restore_items(frames, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
-                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Restore `items` with a face_restore.FrameRestorer in groups of its batch size."""
+                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
+                  temporal=None) -> list[Outcome]:
+    """Restore `items` with a face_restore.FrameRestorer in groups of its batch size (sequences fused by
+    `temporal`, a temporal.Sequences, in the order given)."""
     outcomes = []
 
     def report(o: Outcome):
@@ -167,5 +174,5 @@ def restore_items(frames, items: list[Item], skip_existing: bool = False, overwr
         else:
             pending.append(item)
     for k in range(0, len(pending), frames.batch_size):
-        restore_group(frames, pending[k:k + frames.batch_size], report)
+        restore_group(frames, pending[k:k + frames.batch_size], report, temporal)
     return outcomes

@@ -19,18 +19,22 @@ FACE_CENTRE = {"grace_hopper": (265.0, 215.0, 260.0), "astronaut": (190.0, 110.0
 
 
 def moving_face(frames: int = 24, size: int = 64, face: str = "grace_hopper", still: bool = False) -> list:
-    """`frames` float32 (size, size, 3) frames of a bundled face drifting right and down while zooming in slowly."""
+    """`frames` float32 (size, size, 3) frames of a bundled face drifting right and down while zooming in slowly.
+
+    The photo is reduced to the frame's scale first (area averaging) and then moved by sub-pixel steps, as a render
+    would draw it: sampling the full-size photo sparsely would alias and make the input itself shimmer."""
     from ..bundled_faces import bundled_faces
 
-    photo = bundled_faces()[face].astype(np.float32) / 255
     cx, cy, side = FACE_CENTRE[face]
+    k = size / side
+    photo = cv2.resize(bundled_faces()[face], None, fx=k, fy=k, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     out = []
-    for t in range(0 if still else frames):
-        s = size / side * (1 + 0.004 * t)
-        x, y = cx + 1.7 * t, cy + 0.9 * t
+    for t in range(1 if still else frames):
+        s = 1 + 0.004 * t
+        x, y = k * (cx + 1.7 * t), k * (cy + 0.9 * t)
         affine = np.float32([[s, 0, size / 2 - s * x], [0, s, size / 2 - s * y]])
-        out.append(cv2.warpAffine(photo, affine, (size, size), flags=cv2.INTER_LINEAR))
-    return out or [moving_face(1, size, face)[0]] * frames
+        out.append(cv2.warpAffine(photo, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+    return out * frames if still else out
 
 
 def fuse_sequence(frames: list, restored: list, config: FusionConfig | None = None) -> list:
@@ -62,7 +66,8 @@ def moving_frame(width: int, height: int, frames: int) -> list:
     from ..bench_faces import compose_frame
 
     still = compose_frame(width + 64, height + 64, 1)
-    return [np.ascontiguousarray(still[32 + t // 2:32 + t // 2 + height, 32 + t:32 + t + width]) for t in range(frames)]
+    shifts = [(32 + (t // 2) % 32, 32 + t % 32) for t in range(frames)]
+    return [np.ascontiguousarray(still[y:y + height, x:x + width]) for y, x in shifts]
 
 
 def synthetic_change(frame: np.ndarray, box: tuple[int, int, int, int] | None, seed: int) -> np.ndarray:

@@ -8,6 +8,7 @@ sequence of those frames has (interpolation, lighting), so the ratio to it is th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +66,31 @@ def measure(frames: list[np.ndarray], reference: list[np.ndarray] | None = None,
         report.frames.append(warping_error(frames[t], frames[t - 1], pair))
         report.reference.append(warping_error(reference[t], reference[t - 1], pair))
     return report
+
+
+def measure_folders(frames_dir, reference_dir=None, preset: str = "fast") -> FlickerReport:
+    """The frames of FRAMES_DIR in natural name order, against the same names in REFERENCE_DIR (default: themselves).
+    A missing partner, a size mismatch or an unreadable image is an error naming the file."""
+    from ..images import read_image
+    from ..jobs import UsageError
+    from .sequences import sequence_files
+
+    paths = sequence_files(frames_dir)
+    if len(paths) < 2:
+        raise UsageError(f"{frames_dir}: {len(paths)} image(s); the flicker of a sequence needs at least 2 frames")
+    frames = [read_image(p).rgb for p in paths]
+    reference = None
+    if reference_dir is not None:
+        partners = [Path(reference_dir) / p.name for p in paths]
+        missing = [p for p in partners if not p.is_file()]
+        if not Path(reference_dir).is_dir() or missing:
+            raise UsageError(f"{missing[0] if missing else reference_dir}: no reference frame of that name "
+                             f"(--reference must hold a frame named as each of {frames_dir}'s)")
+        reference = [read_image(p).rgb for p in partners]
+    size = frames[0].shape
+    named = list(zip(paths, frames)) + (list(zip(partners, reference)) if reference else [])
+    for path, image in named:
+        if image.shape != size:
+            raise UsageError(f"{path}: {image.shape[1]}x{image.shape[0]}, but the sequence's frames are "
+                             f"{size[1]}x{size[0]}")
+    return measure(frames, reference, [p.name for p in paths], preset)

@@ -30,7 +30,7 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 class FusionConfig:
     carry: float = 0.7  # weight of the carried change; (1 - carry) is this frame's own
     photometric: float = 0.06  # largest |input_t - warp(input_{t-1})| (grey) at which a pixel carries
-    cut: float = 0.4  # fewer pixels than this fraction of the changed box carrying: a scene cut, start again
+    cut: float = 0.4  # fewer than this fraction of the changed pixels carrying: a scene cut, start again
     margin: int = 16  # pixels around the changed box the flow sees, so motion across its edge is tracked
     flow_side: int = 360  # larger regions are flowed at reduced size: 4x cheaper at 1080p, and the carry is smooth
     preset: str = "fast"
@@ -71,7 +71,7 @@ class TemporalFusion:
     def restart(self) -> None:
         self.previous: np.ndarray | None = None
         self.change: tuple[Box, np.ndarray] | None = None  # the fused change, zero outside its box
-        self.carried = 0.0  # fraction of the changed box that carried the previous change, for reports and tests
+        self.carried = 0.0  # fraction of the changed pixels that carried the previous change, for reports and tests
 
     def fuse(self, image: np.ndarray, restored: np.ndarray) -> np.ndarray:
         """The next frame of the sequence from its input and per-frame restore (float32 (H, W, 3) in [0, 1]).
@@ -103,8 +103,10 @@ class TemporalFusion:
             return None
         carried, mask = self._carry(now, then, before, region)
         inner = (box[0] - region[0], box[1] - region[1], box[2] - region[0], box[3] - region[1])
-        mask = _cut(mask, inner)
-        self.carried = cv2.mean(mask)[0]
+        # only pixels the model changed: the rest of a faces-mode frame keeps its exact values
+        touched = (cv2.transform(np.abs(change), np.ones((1, 3), np.float32)) > 0).astype(np.uint8)
+        mask = _cut(mask, inner) * touched
+        self.carried = cv2.mean(mask, mask=touched)[0]
         if self.carried < c.cut:
             return None
         weight = (mask * np.float32(c.carry))[..., None]
