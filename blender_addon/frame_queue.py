@@ -7,10 +7,12 @@ engine writes atomically, so a frame it did not finish is simply absent, never h
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings, find_venv_python
+from .engine_link.protocol import natural_key
 
 RESTORED_FOLDER = "restored"
 
@@ -102,16 +104,29 @@ class QueueReport:
         return text
 
 
+def new_sequence() -> str:
+    """An id for one render's frames: the engine fuses frames of the same id, so every render gets its own."""
+    return f"render-{uuid.uuid4().hex[:12]}"
+
+
 class FrameQueue:
-    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto"):
+    """`temporal`: the frames submitted are one animation, sent numbered so the engine fuses each with the last."""
+
+    def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto",
+                 temporal: bool = False):
         self.manager, self.settings, self.max_restarts, self.faces = manager, settings, max_restarts, faces
         self.pending: list = []  # (src, dst, Request)
         self.report = QueueReport()
+        self.sequence = new_sequence() if temporal else None
+        self.next_index = 0
 
     def submit(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
         """Hand one written frame to the engine; returns at once (the first call may wait for the engine to load)."""
         src, dst = str(src), str(dst)
         options = {"overwrite": True, "in_place": os.path.normcase(src) == os.path.normcase(dst), "faces": self.faces}
+        if self.sequence is not None:
+            options.update(sequence=self.sequence, index=self.next_index)
+            self.next_index += 1
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             request = self._client().restore([(src, dst)], **options)
@@ -162,6 +177,8 @@ class FrameQueue:
                         self.report.failed.append((src, str(e)))
                 except TimeoutError as e:
                     self.report.failed.append((src, str(e)))
+            if lost and self.sequence is not None:  # resent after later frames: they must not follow the last one
+                self.sequence, self.next_index = new_sequence(), 0
             for src, dst in lost:
                 self.submit(src, dst)  # restarts the engine once; after that each lost frame fails with the reason
         return self.report
@@ -193,3 +210,18 @@ def folder_items(input_dir: str | os.PathLike, output_dir: str | os.PathLike | N
         raise ValueError(f"no images (PNG, JPEG, TIFF, WebP) in {src}" + ("" if recursive else
                                                                            " (subfolders need Recursive)"))
     return items
+
+
+def sequence_items(items: list[tuple[Path, Path]]) -> list[dict]:
+    """Restore items for a folder of animation frames: each folder's frames one sequence in natural name order
+    (f_2 before f_10), numbered so the engine fuses each frame with the one before."""
+    folders: dict = {}
+    for src, dst in items:
+        folders.setdefault(src.parent, []).append((src, dst))
+    out = []
+    for frames in folders.values():
+        sequence = new_sequence()
+        frames.sort(key=lambda pair: natural_key(pair[0].name))
+        out += [{"input": str(src), "output": str(dst), "sequence": sequence, "index": k}
+                for k, (src, dst) in enumerate(frames)]
+    return out

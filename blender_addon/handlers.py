@@ -29,7 +29,8 @@ def on_render_init(scene, *_):
         RenderState.last_report = RenderState.refusal
         _log(RenderState.refusal)
         return
-    RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=scene.splat_restore.faces)
+    RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=scene.splat_restore.faces,
+                                   temporal=scene.splat_restore.temporal)  # each written frame sent numbered
 
 
 @persistent

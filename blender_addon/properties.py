@@ -10,6 +10,11 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
         name="In Place", default=False, description="Replace the written frames instead of writing copies")
     folder: bpy.props.StringProperty(
         name="Folder", default="restored", description="Sibling folder of the output for restored frames")
+    temporal: bpy.props.BoolProperty(
+        name="Temporal smoothing", default=True,
+        description="Restore Every Frame and Restore Folder: fuse each frame of an animation with the one before "
+                    "along the motion, so the restored frames do not flicker (a cut or a still frame is restored "
+                    "as it is)")
     faces: bpy.props.EnumProperty(
         name="Faces", default="auto",
         items=[("auto", "Faces", "In frames larger than the model (512 px), restore each face and leave the rest "

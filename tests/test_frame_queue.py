@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from blender_addon.engine_link.client import EngineSettings, find_venv_python
-from blender_addon.frame_queue import QueueReport, folder_items, newest_existing, restored_path
+from blender_addon.frame_queue import FrameQueue, QueueReport, folder_items, newest_existing, restored_path, \
+    sequence_items
 
 
 def test_restored_frames_go_to_a_sibling_folder_or_in_place():
@@ -64,3 +65,48 @@ def test_engine_command_uses_the_given_interpreter():
                        base="stabilityai/sd-turbo", device="cuda")
     cmd = s.command()
     assert cmd[:4] == [s.python, "-m", "engine", "serve"] and cmd[-2:] == ["--base", "stabilityai/sd-turbo"]
+
+
+class _RecordingClient:
+    alive = True
+
+    def __init__(self):
+        self.sent = []
+
+    def restore(self, items, **options):
+        self.sent.append(options)
+        return object()
+
+
+class _Manager:
+    starting = False
+
+    def __init__(self):
+        self.client = _RecordingClient()
+
+    def client_for(self, settings):
+        return self.client
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_an_animation_render_sends_its_frames_numbered_in_one_sequence(tmp_path, temporal):
+    manager = _Manager()
+    queue = FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=temporal)
+    for k in range(3):
+        queue.submit(tmp_path / f"f_{k}.png", tmp_path / "restored" / f"f_{k}.png")
+    sent = manager.client.sent
+    if temporal:
+        assert [o["index"] for o in sent] == [0, 1, 2] and len({o["sequence"] for o in sent}) == 1
+        assert FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=True).sequence != \
+            queue.sequence  # every render is its own sequence
+    else:
+        assert not any("sequence" in o or "index" in o for o in sent)
+
+
+def test_a_folder_of_frames_is_sent_as_one_sequence_per_folder_in_natural_order(tmp_path):
+    names = ["f_10.png", "f_2.png", "f_1.png"]
+    items = [(tmp_path / n, tmp_path / "out" / n) for n in names] + [(tmp_path / "b" / "x.png", tmp_path / "o.png")]
+    sent = sequence_items(items)
+    assert [Path(i["input"]).name for i in sent] == ["f_1.png", "f_2.png", "f_10.png", "x.png"]
+    assert [i["index"] for i in sent] == [0, 1, 2, 0]
+    assert sent[0]["sequence"] == sent[2]["sequence"] != sent[3]["sequence"]
