@@ -82,6 +82,30 @@ def test_only_pixels_the_model_changed_are_fused_and_the_rest_keep_their_values(
     assert fusion.carried > 0.5 and not np.array_equal(out, restored[-1])
 
 
+def test_tiled_frames_are_fused_as_whole_frames(tiny_weights):
+    tiled = Restorer.from_pretrained(tiny_weights, device="cpu", tile=64)
+    q = quality(tiled.restore, moving_face(6, 128))  # 128 px in overlapping 64 px tiles
+    assert q["temporal_vs_per_frame"] <= 0.6 and q["kept_change"] >= 0.7
+
+
+def test_faces_mode_frames_are_fused_after_paste_back_and_the_rest_keeps_its_values(restorer):
+    from engine.bench_faces import compose_frame
+    from engine.face_restore import FrameRestorer
+
+    still = compose_frame(1280, 720, 1)
+    frames = [cv2.warpAffine(still, np.float32([[1, 0, 0.35 * t], [0, 1, 0.2 * t]]), (1280, 720),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for t in range(6)]
+    results = FrameRestorer(restorer).restore(frames, ["auto"] * len(frames))
+    assert all(r.mode == "faces" and len(r.faces) == 1 for r in results)
+    per_frame = [r.rgb for r in results]
+    fused = fuse_sequence(frames, per_frame)
+    assert measure(fused, frames).mean <= 0.6 * measure(per_frame, frames).mean
+    assert kept_change(fused, per_frame, frames) >= 0.7
+    for out, image, restored in zip(fused, frames, per_frame):
+        untouched = np.all(restored == image, axis=2)
+        assert untouched.mean() > 0.5 and np.array_equal(out[untouched], image[untouched])
+
+
 def test_changed_box_finds_the_changed_pixels():
     a = np.zeros((40, 30, 3), np.float32)
     b = a.copy()

@@ -126,7 +126,8 @@ class TemporalFusion:
         seen = cv2.absdiff(a, warp(b, pair.backward)) <= c.photometric * 255
         ok, flow = (pair.consistent & seen).astype(np.uint8), pair.backward
         if scale < 1:
-            flow = cv2.resize(flow, (rw, rh), interpolation=cv2.INTER_LINEAR) * np.float32(rw / a.shape[1])
+            flow = cv2.resize(flow, (rw, rh), interpolation=cv2.INTER_LINEAR) * np.float32([rw / a.shape[1],
+                                                                                           rh / a.shape[0]])
             ok = cv2.resize(ok, (rw, rh), interpolation=cv2.INTER_NEAREST)
         (bx0, by0, bx1, by1), values = before
         known = (bx0 - region[0], by0 - region[1], bx1 - region[0], by1 - region[1])
