@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_addon.engine_link.client import EngineSettings, find_venv_python
+from blender_addon.engine_link.client import EngineDied, EngineSettings, find_venv_python
 from blender_addon.frame_queue import FrameQueue, QueueReport, folder_items, newest_existing, restored_path, \
     sequence_items
 
@@ -67,15 +67,27 @@ def test_engine_command_uses_the_given_interpreter():
     assert cmd[:4] == [s.python, "-m", "engine", "serve"] and cmd[-2:] == ["--base", "stabilityai/sd-turbo"]
 
 
+class _Request:
+    def __init__(self, dies: bool):
+        self.dies, self.done = dies, True
+
+    def wait(self, timeout=None):
+        if self.dies:
+            raise EngineDied("killed")
+        return {"items": []}
+
+
 class _RecordingClient:
     alive = True
 
-    def __init__(self):
+    def __init__(self, dying: int = 0):
         self.sent = []
+        self.dying = dying  # this many requests are lost to an engine crash
 
     def restore(self, items, **options):
         self.sent.append(options)
-        return object()
+        self.dying -= 1
+        return _Request(self.dying >= 0)
 
 
 class _Manager:
@@ -110,3 +122,15 @@ def test_a_folder_of_frames_is_sent_as_one_sequence_per_folder_in_natural_order(
     assert [Path(i["input"]).name for i in sent] == ["f_1.png", "f_2.png", "f_10.png", "x.png"]
     assert [i["index"] for i in sent] == [0, 1, 2, 0]
     assert sent[0]["sequence"] == sent[2]["sequence"] != sent[3]["sequence"]
+
+
+def test_frames_resent_after_a_crash_start_a_new_sequence(tmp_path):
+    manager = _Manager()
+    manager.client.dying = 2  # the first two frames are lost, the third was restored before the crash was seen
+    queue = FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=True)
+    for k in range(3):
+        queue.submit(tmp_path / f"f_{k}.png", tmp_path / "restored" / f"f_{k}.png")
+    report = queue.drain()
+    first, resent = manager.client.sent[:3], manager.client.sent[3:]
+    assert len(report.restored) == 3 and len(resent) == 2
+    assert [o["index"] for o in resent] == [0, 1] and resent[0]["sequence"] != first[0]["sequence"]

@@ -1,6 +1,8 @@
 """Temporal restore: less flicker than per-frame restore, the change kept, stills and cuts exactly per-frame, and the
 flicker measure, `restore --temporal`, the service's sequences and `bench-temporal` around it."""
 import json
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -174,6 +176,15 @@ def test_a_gap_or_a_frame_out_of_order_restarts_the_sequence(face_sequence):
     assert not np.array_equal(seqs.fuse("a", 3, frames[3], restored[3].copy()), restored[3])
 
 
+def test_only_the_most_recent_sequences_are_remembered(face_sequence):
+    frames, restored = face_sequence
+    seqs = Sequences(keep=2)
+    for name in ("a", "b", "c"):
+        seqs.fuse(name, 0, frames[0], restored[0].copy())
+    assert np.array_equal(seqs.fuse("a", 1, frames[1], restored[1].copy()), restored[1])  # forgotten: restarts
+    assert not np.array_equal(seqs.fuse("c", 1, frames[1], restored[1].copy()), restored[1])
+
+
 def test_restore_temporal_fuses_each_folder_in_natural_name_order(restorer, tiny_weights, tmp_path):
     frames = moving_face(4, restorer.model_size)
     names = ["f_1.png", "f_2.png", "f_3.png", "f_10.png"]  # plain sorting would put f_10 second
@@ -199,8 +210,8 @@ def test_the_service_fuses_frames_sent_with_sequence_and_index(restorer, tiny_we
     inputs = [read_image(tmp_path / "in" / n).rgb for n in names]
     per_frame = restorer.restore(inputs)
     expected = fuse_sequence(inputs, per_frame)
-    client = EngineClient(EngineSettings(python=__import__("sys").executable, weights=str(tiny_weights),
-                                         device="cpu", cwd=str(__import__("pathlib").Path(__file__).parents[1])))
+    client = EngineClient(EngineSettings(python=sys.executable, weights=str(tiny_weights), device="cpu",
+                                         cwd=str(Path(__file__).resolve().parents[1])))
     client.start(timeout=120)
     try:
         for k in (0, 1, 3):  # frame 2 never arrives: frame 3 starts again

@@ -85,7 +85,8 @@ def synthetic_change(frame: np.ndarray, box: tuple[int, int, int, int] | None, s
 
 
 def cost(width: int, height: int, frames: int, faces: bool) -> dict:
-    """Milliseconds of fusion per frame (median: the machine is shared), model excluded, on a moving frame with a changed face box or all of it."""
+    """Milliseconds of fusion per frame, model excluded (median: the machine is shared), on a moving frame whose
+    change is a face-sized box or all of it."""
     inputs = moving_frame(width, height, frames + 1)
     side = int(0.5 * height)  # face-aware restore's crop of the bench-faces photo is about this size
     box = (width // 2 - side // 2, int(0.08 * height), width // 2 + side // 2, int(0.08 * height) + side) \

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..images import read_image
+from ..jobs import UsageError
 from .flow import FlowPair, gray8, warp
+from .sequences import sequence_files
 
 LEVELS = 255.0  # errors are reported in 8-bit levels
 
@@ -71,10 +74,6 @@ def measure(frames: list[np.ndarray], reference: list[np.ndarray] | None = None,
 def measure_folders(frames_dir, reference_dir=None, preset: str = "fast") -> FlickerReport:
     """The frames of FRAMES_DIR in natural name order, against the same names in REFERENCE_DIR (default: themselves).
     A missing partner, a size mismatch or an unreadable image is an error naming the file."""
-    from ..images import read_image
-    from ..jobs import UsageError
-    from .sequences import sequence_files
-
     paths = sequence_files(frames_dir)
     if len(paths) < 2:
         raise UsageError(f"{frames_dir}: {len(paths)} image(s); the flicker of a sequence needs at least 2 frames")

@@ -8,6 +8,7 @@ import numpy as np
 
 from blender_addon.engine_link.protocol import natural_key
 
+from ..jobs import UsageError, collect_items
 from .fusion import FusionConfig, TemporalFusion
 
 
@@ -49,8 +50,6 @@ def number_sequences(items: list) -> list:
 
 def sequence_files(folder) -> list:
     """The image files of one folder in natural name order: a sequence as `restore --temporal` takes it."""
-    from ..jobs import UsageError, collect_items
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder of frames")
