@@ -101,20 +101,22 @@ class TemporalFusion:
         now, then = _cut(image, region), _cut(previous, region)
         if cv2.norm(now, then, cv2.NORM_INF) == 0:  # nothing moved where the model changes anything: no flicker
             return None
-        carried, mask = self._carry(now, then, before, region)
+        carried, ok = self._carry(now, then, before, region)
         inner = (box[0] - region[0], box[1] - region[1], box[2] - region[0], box[3] - region[1])
         # only pixels the model changed: the rest of a faces-mode frame keeps its exact values
-        touched = (cv2.transform(np.abs(change), np.ones((1, 3), np.float32)) > 0).astype(np.uint8)
-        mask = _cut(mask, inner) * touched
-        self.carried = cv2.mean(mask, mask=touched)[0]
+        size = cv2.transform(cv2.absdiff(_cut(restored, box), _cut(image, box)), np.ones((1, 3), np.float32))
+        touched = cv2.compare(size, 0, cv2.CMP_GT)
+        ok = cv2.bitwise_and(_cut(ok, inner), touched)
+        self.carried = cv2.countNonZero(ok) / max(1, cv2.countNonZero(touched))
         if self.carried < c.cut:
             return None
-        weight = (mask * np.float32(c.carry))[..., None]
-        return np.clip(_cut(restored, box) + weight * (_cut(carried, inner) - change), 0, 1)
+        weight = cv2.cvtColor(ok.astype(np.float32) * np.float32(c.carry), cv2.COLOR_GRAY2RGB)
+        fused = cv2.add(_cut(restored, box), cv2.multiply(weight, cv2.subtract(_cut(carried, inner), change)))
+        return np.clip(fused, 0, 1, out=fused)
 
     def _carry(self, image, previous, before, region: Box) -> tuple[np.ndarray, np.ndarray]:
-        """The previous fused change warped onto this frame over `region`, and (0/1) where it may be used: the flow
-        is consistent, the input matches what it came from, and it came from inside the previous change's box."""
+        """The previous fused change warped onto this frame over `region`, and where it may be used (uint8 0/1): the
+        flow is consistent, the input matches what it came from, and it came from inside the previous change's box."""
         c = self.config
         rh, rw = image.shape[:2]
         a, b = gray8(image), gray8(previous)
@@ -124,16 +126,13 @@ class TemporalFusion:
             a, b = cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA)
         pair = FlowPair(a, b, c.preset)
         seen = cv2.absdiff(a, warp(b, pair.backward)) <= c.photometric * 255
-        ok, flow = (pair.consistent & seen).astype(np.uint8), pair.backward
+        ok, flow = (pair.consistent & seen).astype(np.uint8), pair.backward  # 0/1
         if scale < 1:
             flow = cv2.resize(flow, (rw, rh), interpolation=cv2.INTER_LINEAR) * np.float32([rw / a.shape[1],
                                                                                            rh / a.shape[0]])
             ok = cv2.resize(ok, (rw, rh), interpolation=cv2.INTER_NEAREST)
         (bx0, by0, bx1, by1), values = before
-        known = (bx0 - region[0], by0 - region[1], bx1 - region[0], by1 - region[1])
-        canvas = np.zeros_like(image)
-        _cut(canvas, known)[:] = values
-        where = source(flow)
-        ok &= inside(where, known) // 255
-        carried = cv2.remap(canvas, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return carried, ok.astype(np.float32)
+        where = cv2.subtract(source(flow), (bx0 - region[0], by0 - region[1], 0, 0))  # in the previous box
+        ok &= inside(where, (0, 0, bx1 - bx0, by1 - by0)) // 255
+        carried = cv2.remap(values, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return carried, ok
