@@ -59,6 +59,21 @@ def test_the_first_frame_after_a_cut_matches_per_frame_restore(restorer):
     assert np.abs(fused[7] - restored[7]).mean() > 1 / 255  # fusion was on before the cut
 
 
+def test_nothing_is_carried_into_pixels_that_were_covered_or_uncovered(restorer):
+    """No ghosting: where a block covers the face (frame 3) and where it uncovers it again (frame 4), the previous
+    frame holds other content, so those pixels are their per-frame restore."""
+    frames = moving_face(6, restorer.model_size)
+    block = (slice(20, 40), slice(24, 44))
+    frames[3] = frames[3].copy()
+    frames[3][block] = 0.5
+    restored = restorer.restore(frames)
+    fused = fuse_sequence(frames, restored)
+    inner = (slice(22, 38), slice(26, 42))
+    for t in (3, 4):
+        assert np.abs(fused[t][inner] - restored[t][inner]).mean() <= 0.5 / 255
+    assert np.abs(fused[5] - restored[5]).mean() > 1 / 255  # and fusion goes on around it
+
+
 def test_fusion_is_deterministic(face_sequence):
     frames, restored = face_sequence
     first, second = fuse_sequence(frames, restored), fuse_sequence(frames, restored)

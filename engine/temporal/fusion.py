@@ -125,8 +125,10 @@ class TemporalFusion:
             size = (max(8, round(rw * scale)), max(8, round(rh * scale)))
             a, b = cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA)
         pair = FlowPair(a, b, c.preset)
-        seen = cv2.absdiff(a, warp(b, pair.backward)) <= c.photometric * 255
-        ok, flow = (pair.consistent & seen).astype(np.uint8), pair.backward  # 0/1
+        # judged over 5x5 and eroded: a lone pixel matching by chance inside an occluder must not carry a ghost
+        seen = cv2.blur(cv2.absdiff(a, warp(b, pair.backward)), (5, 5)) <= c.photometric * 255
+        ok = cv2.erode((pair.consistent & seen).astype(np.uint8), np.ones((3, 3), np.uint8))  # 0/1
+        flow = pair.backward
         if scale < 1:
             flow = cv2.resize(flow, (rw, rh), interpolation=cv2.INTER_LINEAR) * np.float32([rw / a.shape[1],
                                                                                            rh / a.shape[0]])
