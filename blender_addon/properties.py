@@ -13,8 +13,8 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
     temporal: bpy.props.BoolProperty(
         name="Temporal smoothing", default=True,
         description="Restore Every Frame and Restore Folder: fuse each frame of an animation with the one before "
-                    "along the motion, so the restored frames do not flicker (a cut or a still frame is restored "
-                    "as it is)")
+                    "along the motion, so the restored frames do not flicker (after a cut, a frame is restored on "
+                    "its own)")
     faces: bpy.props.EnumProperty(
         name="Faces", default="auto",
         items=[("auto", "Faces", "In frames larger than the model (512 px), restore each face and leave the rest "

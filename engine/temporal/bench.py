@@ -105,7 +105,6 @@ def cost(width: int, height: int, frames: int, faces: bool) -> dict:
 
 
 def run(weights: str | None, base: str | None, device: str, width: int, height: int, frames: int) -> dict:
-    cv2.setNumThreads(cv2.getNumberOfCPUs())
     report = {"cost": [cost(width, height, frames, faces=True), cost(width, height, frames, faces=False)]}
     if weights:
         from ..runtime import Restorer

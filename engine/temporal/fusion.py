@@ -6,8 +6,9 @@ the change the model makes (restored - input) jitters from frame to frame while 
     out_t = restored_t + carry * mask * (warp(fused change_{t-1}) - change_t)
 
 an exponential average of the change along the motion, so detail that moves with the picture stays and jitter
-averages out. `mask` keeps only pixels whose flow passes the forward-backward check and whose input matches its
-warped predecessor (no occlusion, no wrong flow): elsewhere, and at a cut, the frame is its per-frame restore.
+averages out. `mask` keeps only pixels whose flow passes the forward-backward check, whose input matches its
+warped predecessor (no occlusion, no wrong flow), that came from where the previous change was, and that the model
+changed at all: elsewhere, and at a cut, the frame is its per-frame restore.
 Only the previous frame is needed, so frames are still restored as they are written.
 
 Flow is computed only around the pixels the model changed: in faces mode that is the face crops, a fraction of a
