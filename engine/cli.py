@@ -272,26 +272,23 @@ def cmd_bench_protocol(a) -> int:
     return 0
 
 
-def cmd_bench_faces(a) -> int:
-    from .bench_faces import print_table, run
-
-    try:
-        width, height = (int(v) for v in a.size.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080; got {a.size!r}") from None
-    if a.faces < 1 or a.repeats < 1:
-        raise UsageError("--faces and --repeats must be at least 1")
-    r = run(a.weights, a.base, width, height, a.faces, a.repeats, a.device, a.min_face)
-    print(json.dumps(r)) if a.json else print_table(r)
-    return 0
-
-
 def _frame_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080; got {text!r}") from None
     return width, height
+
+
+def cmd_bench_faces(a) -> int:
+    from .bench_faces import print_table, run
+
+    width, height = _frame_size(a.size)
+    if a.faces < 1 or a.repeats < 1:
+        raise UsageError("--faces and --repeats must be at least 1")
+    r = run(a.weights, a.base, width, height, a.faces, a.repeats, a.device, a.min_face)
+    print(json.dumps(r)) if a.json else print_table(r)
+    return 0
 
 
 def cmd_flicker(a) -> int:
