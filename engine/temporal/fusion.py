@@ -111,8 +111,9 @@ class TemporalFusion:
         self.carried = cv2.countNonZero(ok) / max(1, cv2.countNonZero(touched))
         if self.carried < c.cut:
             return None
-        weight = cv2.cvtColor(ok.astype(np.float32) * np.float32(c.carry), cv2.COLOR_GRAY2RGB)
-        fused = cv2.add(_cut(restored, box), cv2.multiply(weight, cv2.subtract(_cut(carried, inner), change)))
+        toward = cv2.multiply(cv2.subtract(_cut(carried, inner), change), cv2.cvtColor(ok, cv2.COLOR_GRAY2RGB),
+                              scale=c.carry, dtype=cv2.CV_32F)
+        fused = cv2.add(_cut(restored, box), toward)
         return np.clip(fused, 0, 1, out=fused)
 
     def _carry(self, image, previous, before, region: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +137,6 @@ class TemporalFusion:
             ok = cv2.resize(ok, (rw, rh), interpolation=cv2.INTER_NEAREST)
         (bx0, by0, bx1, by1), values = before
         where = cv2.subtract(source(flow), (bx0 - region[0], by0 - region[1], 0, 0))  # in the previous box
-        ok &= inside(where, (0, 0, bx1 - bx0, by1 - by0)) // 255
+        ok = cv2.bitwise_and(ok, inside(where, (0, 0, bx1 - bx0, by1 - by0)))
         carried = cv2.remap(values, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return carried, ok
