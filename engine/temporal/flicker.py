@@ -8,6 +8,7 @@ sequence of those frames has (interpolation, lighting), so the ratio to it is th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +54,23 @@ def warping_error(current: np.ndarray, previous: np.ndarray, pair: FlowPair) -> 
     return float(diff[pair.consistent].mean() * LEVELS)
 
 
-def measure(frames: list[np.ndarray], reference: list[np.ndarray] | None = None, names: list[str] | None = None,
-            preset: str = "fast") -> FlickerReport:
-    """`frames` and `reference`: float32 (H, W, 3) in [0, 1], in order, the same sizes; reference defaults to frames."""
-    reference = frames if reference is None else reference
-    if len(frames) < 2 or len(reference) != len(frames):
-        raise ValueError(f"need at least 2 frames and as many reference frames; got {len(frames)} and "
-                         f"{len(reference)}")
-    names = names or [str(t) for t in range(len(frames))]
-    report = FlickerReport(names[1:], [], [])
-    grey = gray8(reference[0])
-    for t in range(1, len(frames)):
-        previous_grey, grey = grey, gray8(reference[t])
-        pair = FlowPair(grey, previous_grey, preset)
-        report.frames.append(warping_error(frames[t], frames[t - 1], pair))
-        report.reference.append(warping_error(reference[t], reference[t - 1], pair))
+def measure(frames: Iterable[np.ndarray], reference: Iterable[np.ndarray] | None = None,
+            names: list[str] | None = None, preset: str = "fast") -> FlickerReport:
+    """`frames` and `reference`: float32 (H, W, 3) in [0, 1], in order, of one size; reference defaults to frames.
+    Both are read one frame at a time, so a long sequence never sits in memory."""
+    pairs = ((f, f) for f in frames) if reference is None else zip(frames, reference)
+    report = FlickerReport([], [], [])
+    previous = None
+    for t, (frame, ref) in enumerate(pairs):
+        grey = gray8(ref)
+        if previous is not None:
+            pair = FlowPair(grey, previous[2], preset)
+            report.names.append(names[t] if names else str(t))
+            report.frames.append(warping_error(frame, previous[0], pair))
+            report.reference.append(warping_error(ref, previous[1], pair))
+        previous = frame, ref, grey
+    if not report.frames:
+        raise ValueError("the flicker of a sequence needs at least 2 frames")
     return report
 
 
@@ -77,19 +80,20 @@ def measure_folders(frames_dir, reference_dir=None, preset: str = "fast") -> Fli
     paths = sequence_files(frames_dir)
     if len(paths) < 2:
         raise UsageError(f"{frames_dir}: {len(paths)} image(s); the flicker of a sequence needs at least 2 frames")
-    frames = [read_image(p).rgb for p in paths]
-    reference = None
+    partners = None
     if reference_dir is not None:
         partners = [Path(reference_dir) / p.name for p in paths]
         missing = [p for p in partners if not p.is_file()]
         if not Path(reference_dir).is_dir() or missing:
             raise UsageError(f"{missing[0] if missing else reference_dir}: no reference frame of that name "
                              f"(--reference must hold a frame named as each of {frames_dir}'s)")
-        reference = [read_image(p).rgb for p in partners]
-    size = frames[0].shape
-    named = list(zip(paths, frames)) + (list(zip(partners, reference)) if reference else [])
-    for path, image in named:
-        if image.shape != size:
-            raise UsageError(f"{path}: {image.shape[1]}x{image.shape[0]}, but the sequence's frames are "
-                             f"{size[1]}x{size[0]}")
-    return measure(frames, reference, [p.name for p in paths], preset)
+    size = read_image(paths[0]).rgb.shape
+
+    def load(files):
+        for path in files:
+            rgb = read_image(path).rgb
+            if rgb.shape != size:
+                raise UsageError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, but the sequence's frames are "
+                                 f"{size[1]}x{size[0]}")
+            yield rgb
+    return measure(load(paths), None if partners is None else load(partners), [p.name for p in paths], preset)
