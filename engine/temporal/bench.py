@@ -15,7 +15,7 @@ import numpy as np
 from .flicker import measure
 from .fusion import FusionConfig, TemporalFusion
 
-FACE_CENTRE = {"grace_hopper": (265.0, 215.0, 260.0), "astronaut": (190.0, 110.0, 150.0)}  # x, y, face-ish side
+FACE_CENTRE = {"grace_hopper": (265.0, 215.0, 260.0), "astronaut": (190.0, 110.0, 150.0)}  # x, y; side fills the frame
 
 
 def moving_face(frames: int = 24, size: int = 64, face: str = "grace_hopper", still: bool = False) -> list:

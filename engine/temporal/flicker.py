@@ -8,8 +8,8 @@ sequence of those frames has (interpolation, lighting), so the ratio to it is th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
