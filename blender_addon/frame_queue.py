@@ -7,11 +7,12 @@ engine writes atomically, so a frame it did not finish is simply absent, never h
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings, find_venv_python
-from .engine_link.scan import scan_folder
+from .engine_link.scan import natural_key, scan_folder
 
 RESTORED_FOLDER = "restored"
 
@@ -134,16 +135,24 @@ class QueueReport:
         return text
 
 
+def new_sequence() -> str:
+    """An id for one render's frames: the engine fuses frames of the same id, so every render gets its own."""
+    return f"render-{uuid.uuid4().hex[:12]}"
+
+
 class FrameQueue:
     """The frames of one render. `in_place` alone decides whether a frame may be replaced; otherwise it goes to
-    `folder` beside it (checked by check_restored_folder before the render starts)."""
+    `folder` beside it (checked by check_restored_folder before the render starts). `temporal`: the frames are one
+    animation, sent numbered so the engine fuses each with the last."""
 
     def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto",
-                 in_place: bool = False, folder: str = RESTORED_FOLDER):
+                 in_place: bool = False, folder: str = RESTORED_FOLDER, temporal: bool = False):
         self.manager, self.settings, self.max_restarts, self.faces = manager, settings, max_restarts, faces
         self.in_place, self.folder = in_place, folder if in_place else check_restored_folder(folder)
         self.pending: list = []  # (src, dst, EngineClient, Request)
         self.report = QueueReport()
+        self.sequence = new_sequence() if temporal else None
+        self.next_index = 0
 
     def submit(self, frame: str | os.PathLike) -> None:
         """Hand one written frame to the engine; returns at once (the first call may wait for the engine to load)."""
@@ -151,6 +160,9 @@ class FrameQueue:
 
     def _send(self, src: str, dst: str) -> None:
         options = {"overwrite": True, "in_place": self.in_place, "faces": self.faces}
+        if self.sequence is not None:
+            options.update(sequence=self.sequence, index=self.next_index)
+            self.next_index += 1
         client = self.manager.client
         if client is not None and client.alive:  # frames keep coming while a hung engine holds earlier ones
             client.check_hung()
@@ -205,6 +217,8 @@ class FrameQueue:
                         self.report.cancelled += 1
                     else:
                         self.report.failed.append((src, str(e)))
+            if lost and self.sequence is not None:  # resent after later frames: they must not follow the last one
+                self.sequence, self.next_index = new_sequence(), 0
             for src, dst in lost:
                 self._send(src, dst)  # restarts the engine once; after that each lost frame fails with the reason
         return self.report
@@ -233,3 +247,18 @@ def folder_items(input_dir: str | os.PathLike, output_dir: str | os.PathLike | N
         raise ValueError(f"no images (PNG, JPEG, TIFF, WebP) in {src}" + ("" if recursive else
                                                                            " (subfolders need Recursive)"))
     return items
+
+
+def sequence_items(items: list[tuple[Path, Path]]) -> list[dict]:
+    """Restore items for a folder of animation frames: each folder's frames one sequence in natural name order
+    (f_2 before f_10), numbered so the engine fuses each frame with the one before."""
+    folders: dict = {}
+    for src, dst in items:
+        folders.setdefault(src.parent, []).append((src, dst))
+    out = []
+    for frames in folders.values():
+        sequence = new_sequence()
+        frames.sort(key=lambda pair: natural_key(pair[0].name))
+        out += [{"input": str(src), "output": str(dst), "sequence": sequence, "index": k}
+                for k, (src, dst) in enumerate(frames)]
+    return out

@@ -35,7 +35,8 @@ def on_render_init(scene, *_):
             raise ValueError(f"{fmt} frames are not restored (scene-linear float; the restorer works on "
                              f"display-referred sRGB). Render PNG or TIFF, 8 or 16 bit")
         RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=settings.faces, in_place=settings.in_place,
-                                       folder=settings.folder)
+                                       folder=settings.folder,
+                                       temporal=settings.temporal)  # each written frame sent numbered
     except ValueError as e:  # refused before the first frame, so nothing is written anywhere
         RenderState.last_report = f"Splat Restore: {e}"
         _log(RenderState.last_report)

@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 
 from .engine_link.client import EngineDied, EngineError
-from .frame_queue import folder_items
+from .frame_queue import folder_items, sequence_items
 from .preferences import engine_settings
 from .state import MANAGER
 
@@ -213,6 +213,8 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
             out.parent.mkdir(parents=True, exist_ok=True)
         self._count = len(items)
         faces = context.scene.splat_restore.faces
+        if context.scene.splat_restore.temporal:
+            items = sequence_items(items)
         return lambda client: client.restore(items, overwrite=True, faces=faces)
 
     def finish(self, context, result):

@@ -15,6 +15,11 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
         name="Fail Render on Restore Errors", default=True,
         description="In background renders (blender -b, render farms), exit with code 1 when frames could not "
                     "be restored; $SPLAT_RESTORE_FAIL_ON_ERRORS=0 or 1 overrides this")
+    temporal: bpy.props.BoolProperty(
+        name="Temporal smoothing", default=True,
+        description="Restore Every Frame and Restore Folder: fuse each frame of an animation with the one before "
+                    "along the motion, so the restored frames do not flicker (after a cut, a frame is restored on "
+                    "its own)")
     faces: bpy.props.EnumProperty(
         name="Faces", default="auto",
         items=[("auto", "Faces", "In frames larger than the model (512 px), restore each face and leave the rest "

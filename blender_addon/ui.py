@@ -11,6 +11,7 @@ def _draw(layout, context):
     layout.operator("splat_restore.restore_render", icon="IMAGE")
     layout.operator("splat_restore.restore_folder", icon="FILE_FOLDER")
     layout.prop(settings, "faces")
+    layout.prop(settings, "temporal")
     layout.prop(settings, "auto_restore")
     sub = layout.column()
     sub.enabled = settings.auto_restore

@@ -1,4 +1,5 @@
-"""`python -m engine ...`: restore, serve, info, bench, bench-protocol, bench-faces, fetch, import-pix2pix-turbo.
+"""`python -m engine ...`: restore, serve, info, bench, bench-protocol, bench-faces, fetch, import-pix2pix-turbo,
+flicker, bench-temporal.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
 """
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: in frames larger than the model, restore each face and leave the rest untouched "
                         "(smaller frames are restored whole); off: the whole frame, tiled; only-crops: write each "
                         "restored face crop as NAME_face<k> instead of the frame")
+    p.add_argument("--temporal", action="store_true",
+                   help="each input folder's frames are one animation, in natural name order (f_2 before f_10): "
+                        "each frame is fused with the one before along optical flow, so they do not flicker")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
     g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
@@ -124,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("flicker", help="warping error of a frame sequence: how much it flickers")
+    p.add_argument("frames", help="folder of frames, taken in natural name order")
+    p.add_argument("--reference", default=None,
+                   help="folder with the same names (the frames before restoring): flow is computed on these, and "
+                        "the ratio is to their own warping error (default: the frames themselves)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench-temporal", help="temporal restore's flicker, kept change and fusion cost per frame")
+    p.add_argument("--weights", default=None, help="the model for the moving-face sequence (without: cost only)")
+    p.add_argument("--base", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", default="1920x1080", help="frame size WxH for the cost")
+    p.add_argument("--frames", type=int, default=20, help="frames timed for the cost")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
     p.add_argument("base", nargs="?", default=DEFAULT_BASE)
 
@@ -147,6 +166,11 @@ def cmd_restore(a) -> int:
     items = collect_items(a.inputs, a.output, a.recursive)
     for item in items:
         item.faces, item.overwrite = a.faces, a.overwrite
+    temporal = None
+    if a.temporal:
+        from .temporal.sequences import Sequences, number_sequences
+
+        items, temporal = number_sequences(items), Sequences()
     if not items:
         raise UsageError(f"no images found in {', '.join(a.inputs)}"
                          + ("" if a.recursive else " (subfolders need --recursive)"))
@@ -181,7 +205,7 @@ def cmd_restore(a) -> int:
                 no_face += 1
                 bar.write(f"{o.item.input}: {o.note}", file=sys.stderr)
             bar.update(1)
-        restore_items(frames, items, a.skip_existing, a.overwrite, on_outcome=on_outcome)
+        restore_items(frames, items, a.skip_existing, a.overwrite, on_outcome=on_outcome, temporal=temporal)
     took = time.perf_counter() - loaded
     per = took / counts["restored"] if counts["restored"] else 0.0
     found = f", {faces} faces ({no_face} frames without one)" if faces or no_face else ""
@@ -273,16 +297,52 @@ def cmd_bench_protocol(a) -> int:
     return 0
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080; got {text!r}") from None
+    return width, height
+
+
 def cmd_bench_faces(a) -> int:
     from .benches.faces import print_table, run
 
-    try:
-        width, height = (int(v) for v in a.size.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080; got {a.size!r}") from None
+    width, height = _frame_size(a.size)
     if a.faces < 1 or a.repeats < 1:
         raise UsageError("--faces and --repeats must be at least 1")
     r = run(a.weights, a.base, width, height, a.faces, a.repeats, a.device, a.min_face)
+    print(json.dumps(r)) if a.json else print_table(r)
+    return 0
+
+
+def cmd_flicker(a) -> int:
+    from .images import ImageError
+    from .temporal.flicker import measure_folders
+
+    try:
+        report = measure_folders(a.frames, a.reference)
+    except ImageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(f"{'frame':<32}{'error':>9}{'reference':>11}   (warping error against the frame before, 8-bit levels)")
+    for name, error, ref in zip(report.names, report.frames, report.reference):
+        print(f"{name:<32}{error:>9.3f}{ref:>11.3f}")
+    print(f"mean {report.mean:.3f}, reference's own {report.reference_mean:.3f}, ratio {report.ratio:.2f} "
+          f"(flow from {a.reference or a.frames})")
+    return 0
+
+
+def cmd_bench_temporal(a) -> int:
+    from .temporal.bench import print_table, run
+
+    width, height = _frame_size(a.size)
+    if a.frames < 1:
+        raise UsageError("--frames must be at least 1")
+    r = run(a.weights, a.base, a.device, width, height, a.frames)
     print(json.dumps(r)) if a.json else print_table(r)
     return 0
 
@@ -302,7 +362,7 @@ def cmd_serve(a) -> int:
 
 COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench,
             "bench-protocol": cmd_bench_protocol, "bench-faces": cmd_bench_faces, "fetch": cmd_fetch,
-            "import-pix2pix-turbo": cmd_import}
+            "import-pix2pix-turbo": cmd_import, "flicker": cmd_flicker, "bench-temporal": cmd_bench_temporal}
 
 
 def main(argv: list[str] | None = None) -> int:

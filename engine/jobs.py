@@ -25,6 +25,8 @@ class Item:
     output: Path
     faces: str = "auto"  # faces.restore.MODES
     overwrite: bool = False  # only-crops mode: whether crops from an earlier run may be replaced
+    sequence: object = None  # frames of one animation are fused in order (temporal.Sequences); None: a still
+    index: int = 0
 
 
 @dataclass
@@ -104,8 +106,9 @@ def crop_path(output: Path, index: int) -> Path:
     return output.with_name(f"{output.stem}_face{index}{output.suffix}")
 
 
-def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) -> None:
+def restore_group(frames, items: list[Item], report: Callable[[Outcome], None], temporal=None) -> None:
     """Read, restore together (a faces.restore.FrameRestorer) and write one group of frames; each reported once.
+    Items of a sequence are fused with their sequence's previous frame by `temporal` (a temporal.Sequences).
 
     Whatever one frame raises (a decoder's cv2.error, a ValueError deep in a library, out of memory) costs that frame
     only: the others are still restored and written.
@@ -119,7 +122,7 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None]) 
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder error on one odd file
             report(Outcome(item, "failed", f"{item.input}: cannot read: {_describe(e)}", BAD_INPUT))
     if loaded:
-        _restore_loaded(frames, loaded, report)
+        _restore_loaded(frames, loaded, report, temporal)
 
 
 def _describe(e: BaseException) -> str:
@@ -130,13 +133,13 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None]) -> None:
+def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None], temporal=None) -> None:
     try:
         results = frames.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
     except Exception as e:  # noqa: BLE001
         if len(loaded) > 1:  # which frame is at fault is unknown: give each its own try
             for one in loaded:
-                _restore_loaded(frames, [one], report)
+                _restore_loaded(frames, [one], report, temporal)
             return
         item = loaded[0][0]
         report(Outcome(item, "failed", f"{item.input}: restorer failed: {_describe(e)}", ENGINE_ERROR))
@@ -147,6 +150,8 @@ def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None]) -> 
         try:
             item.output.parent.mkdir(parents=True, exist_ok=True)
             if result.rgb is not None:
+                if temporal is not None and item.sequence is not None:
+                    result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
                 write_image(item.output, frame, result.rgb, frames.provenance)
             else:
                 done.crops = _write_crops(item, frame, result.crops, frames.provenance)
@@ -171,8 +176,10 @@ def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path
 
 
 def restore_items(frames, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
-                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Restore `items` with a faces.restore.FrameRestorer in groups of its batch size."""
+                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
+                  temporal=None) -> list[Outcome]:
+    """Restore `items` with a faces.restore.FrameRestorer in groups of its batch size (sequences fused by
+    `temporal`, a temporal.Sequences, in the order given)."""
     outcomes = []
 
     def report(o: Outcome):
@@ -188,5 +195,5 @@ def restore_items(frames, items: list[Item], skip_existing: bool = False, overwr
         else:
             pending.append(item)
     for k in range(0, len(pending), frames.batch_size):
-        restore_group(frames, pending[k:k + frames.batch_size], report)
+        restore_group(frames, pending[k:k + frames.batch_size], report, temporal)
     return outcomes

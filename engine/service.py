@@ -18,6 +18,7 @@ from blender_addon.engine_link.protocol import Code, ProtocolError
 
 from . import __version__
 from .jobs import Item, Outcome, check_item, restore_group
+from .temporal.sequences import Sequences
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Service:
         self.cond = threading.Condition()
         self.jobs: deque[RestoreJob] = deque()
         self.closing = False
+        self.temporal = Sequences()  # animation frames sent with "sequence" and "index"
 
     def send(self, message: dict) -> None:
         data = protocol.encode(message)
@@ -103,7 +105,8 @@ class Service:
             self.enqueue(request_id, params)
 
     def enqueue(self, request_id, params: dict) -> None:
-        items = deque(Item(Path(i), Path(o), params["faces"], params["overwrite"]) for i, o in params["items"])
+        items = deque(Item(Path(i), Path(o), params["faces"], params["overwrite"], *(frame or (None, 0)))
+                      for (i, o), frame in zip(params["items"], params["frames"]))
         options = {k: params[k] for k in protocol.RESTORE_OPTIONS}
         with self.cond:
             if any(j.id == request_id for j in self.jobs):
@@ -133,7 +136,7 @@ class Service:
             reported.add(id(o.item))
             self._record(owners[id(o.item)], o)
         try:
-            restore_group(self.restorer, batch, report)
+            restore_group(self.restorer, batch, report, self.temporal)
         except Exception as e:  # a bug or a device fault must cost these frames, not the service
             print(f"error: restoring {len(batch)} frames failed: {e!r}", file=sys.stderr)
             for item in batch:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from blender_addon.engine_link.client import EngineSettings, find_venv_python
+from blender_addon.engine_link.client import EngineDied, EngineSettings, find_venv_python
 from blender_addon.frame_queue import (FrameQueue, QueueReport, check_restored_folder, folder_items, newest_existing,
-                                       restored_path)
+                                       restored_path, sequence_items)
 
 
 def test_restored_frames_go_to_a_sibling_folder_or_in_place():
@@ -32,22 +32,41 @@ def test_a_folder_that_would_overwrite_or_escape_the_renders_is_refused(folder, 
         restored_path(Path("renders") / "f.png", folder=folder)
 
 
+class _Request:
+    def __init__(self, dies: bool):
+        self.dies, self.done = dies, True
+
+
 class _Recorder:
-    """A stand-in engine client that records what it is asked to do."""
+    """A stand-in engine client that records what it is asked to do; the first `dying` requests are lost to a
+    crash."""
     alive = True
 
-    def __init__(self):
+    def __init__(self, dying: int = 0):
         self.calls = []
+        self.dying = dying
+
+    @property
+    def sent(self) -> list[dict]:
+        return [options for _, options in self.calls]
 
     def restore(self, items, **options):
         self.calls.append((items, options))
-        return object()
+        self.dying -= 1
+        return _Request(self.dying >= 0)
+
+    def wait(self, request):
+        if request.dies:
+            raise EngineDied("killed")
+        return {"items": []}
 
     def check_hung(self):
         pass
 
 
 class _Manager:
+    starting = False
+
     def __init__(self):
         self.client = _Recorder()
 
@@ -156,3 +175,39 @@ def test_the_device_menu_lists_gpus_with_memory_and_keeps_the_saved_choice():
     assert [i[0] for i in menu(listed, "cuda:0")] == ["auto", "cpu", "cuda:0"]
     assert [i[0] for i in menu([], "auto")] == ["auto", "cpu"]  # background, before any Refresh
     assert [i[0] for i in menu([], "cuda:1")] == ["auto", "cpu", "cuda:1"]
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_an_animation_render_sends_its_frames_numbered_in_one_sequence(tmp_path, temporal):
+    manager = _Manager()
+    queue = FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=temporal)
+    for k in range(3):
+        queue.submit(tmp_path / f"f_{k}.png")
+    sent = manager.client.sent
+    if temporal:
+        assert [o["index"] for o in sent] == [0, 1, 2] and len({o["sequence"] for o in sent}) == 1
+        assert FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=True).sequence != \
+            queue.sequence  # every render is its own sequence
+    else:
+        assert not any("sequence" in o or "index" in o for o in sent)
+
+
+def test_a_folder_of_frames_is_sent_as_one_sequence_per_folder_in_natural_order(tmp_path):
+    names = ["f_10.png", "f_2.png", "f_1.png"]
+    items = [(tmp_path / n, tmp_path / "out" / n) for n in names] + [(tmp_path / "b" / "x.png", tmp_path / "o.png")]
+    sent = sequence_items(items)
+    assert [Path(i["input"]).name for i in sent] == ["f_1.png", "f_2.png", "f_10.png", "x.png"]
+    assert [i["index"] for i in sent] == [0, 1, 2, 0]
+    assert sent[0]["sequence"] == sent[2]["sequence"] != sent[3]["sequence"]
+
+
+def test_frames_resent_after_a_crash_start_a_new_sequence(tmp_path):
+    manager = _Manager()
+    manager.client.dying = 2  # the first two frames are lost, the third was restored before the crash was seen
+    queue = FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=True)
+    for k in range(3):
+        queue.submit(tmp_path / f"f_{k}.png")
+    report = queue.drain()
+    first, resent = manager.client.sent[:3], manager.client.sent[3:]
+    assert len(report.restored) == 3 and len(resent) == 2
+    assert [o["index"] for o in resent] == [0, 1] and resent[0]["sequence"] != first[0]["sequence"]

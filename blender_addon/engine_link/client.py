@@ -241,10 +241,11 @@ class EngineClient:
             raise EngineDied(f"the engine stopped accepting requests{self._tail()}") from None
         return req
 
-    def restore(self, items: list[tuple[str, str]], on_progress=None, **options) -> Request:
-        """Restore (input, output) pairs; options: overwrite, in_place, skip_existing, faces (protocol.FACE_MODES)."""
-        return self.request("restore", on_progress, items=[{"input": str(i), "output": str(o)} for i, o in items],
-                            **options)
+    def restore(self, items: list, on_progress=None, **options) -> Request:
+        """Restore (input, output) pairs, or item dicts (with "sequence" and "index" for animation frames); options:
+        overwrite, in_place, skip_existing, faces (protocol.FACE_MODES), sequence and index."""
+        items = [i if isinstance(i, dict) else {"input": str(i[0]), "output": str(i[1])} for i in items]
+        return self.request("restore", on_progress, items=items, **options)
 
     def cancel(self, request: Request) -> None:
         if self.alive and not request.done:

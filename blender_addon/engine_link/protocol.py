@@ -5,7 +5,10 @@ This one module is used by both sides: the engine (`python -m engine serve`) and
 Requests   {"id": str|int, "op": "ping"|"info"|"restore"|"cancel"|"shutdown", ...}
   restore  {"input": PATH, "output": PATH} or {"items": [{"input", "output"}, ...]}
            options: "overwrite" (replace existing outputs), "in_place" (allow output == input),
-           "skip_existing" (leave existing outputs alone), "faces" (one of FACE_MODES, default "auto")
+           "skip_existing" (leave existing outputs alone), "faces" (one of FACE_MODES, default "auto"),
+           "sequence": ID and "index": N (frames of one animation, fused with the frame before: item k is frame
+           N + k; an item may carry its own "sequence" and "index"). A frame whose index does not follow the last
+           one fused in its sequence (a gap, out of order) restarts the fusion.
   cancel   {"target": ID}: queued frames of that request are dropped, a running list stops between frames
 Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {"code", "message"}, "result"?}
            a restore's result: {"items": [{"input", "output", "status": "restored"|"skipped"|"failed", "reason"?,
@@ -91,6 +94,20 @@ def progress(request_id, done: int, total: int) -> dict:
     return {"id": request_id, "event": "progress", "done": done, "total": total}
 
 
+def _sequence_frame(source: dict, where: str, request_id) -> tuple | None:
+    """(sequence, index) from a request or an item, or None when it has neither."""
+    if "sequence" not in source and "index" not in source:
+        return None
+    sequence, index = source.get("sequence"), source.get("index")
+    if not isinstance(sequence, (str, int)) or isinstance(sequence, bool):
+        raise ProtocolError(Code.BAD_REQUEST, f"{where}'sequence' must be a string or integer naming the animation, "
+                                              f"given with its frame's 'index'", request_id)
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ProtocolError(Code.BAD_REQUEST, f"{where}'index' must be a frame number of at least 0, given with "
+                                              f"'sequence'", request_id)
+    return sequence, index
+
+
 def _path(value, where: str, request_id) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ProtocolError(Code.BAD_REQUEST, f"{where} must be a non-empty path string", request_id)
@@ -126,6 +143,11 @@ def parse_request(message: dict) -> tuple:
             params["items"] = [(_path(message.get("input"), "input", request_id),
                                 _path(message.get("output"), "output", request_id))]
             params["single"] = True
+        first = _sequence_frame(message, "", request_id)
+        items = message["items"] if "items" in message else [{}]
+        params["frames"] = [_sequence_frame(item, f"items[{k}].", request_id)
+                            or (None if first is None else (first[0], first[1] + k))
+                            for k, item in enumerate(items)]
         for key in RESTORE_OPTIONS:
             value = message.get(key, False)
             if not isinstance(value, bool):

@@ -18,10 +18,11 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or re.search(r"\.partial(\.|$)", name) is not None
 
 
-def natural_key(path: Path) -> tuple:
-    """f_2 before f_10: digit runs compare as numbers, per folder level."""
+def natural_key(path: str | os.PathLike) -> tuple:
+    """f_2 before f_10: digit runs compare as numbers, per folder level. The order of a folder's frames for the CLI,
+    the service's sequences and the add-on alike."""
     return tuple(tuple((0, int(t), t) if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", part))
-                 for part in path.parts)
+                 for part in Path(path).parts)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -30,6 +30,7 @@ def build_scene(res=32, frames=(1, 3)):
     scene.world = world
     scene.splat_restore.auto_restore = False
     scene.splat_restore.in_place = False
+    scene.splat_restore.temporal = True
     scene.frame_set(frames[0])
     return scene
 

@@ -39,6 +39,7 @@ def test_restore_render_keeps_the_scene_output_settings(scene):
 
 def test_every_animation_frame_is_restored_to_a_sibling_folder(scene, tiny_weights, tmp_path):
     scene.splat_restore.auto_restore = True
+    scene.splat_restore.temporal = False  # frame by frame, as a single restore does it
     scene.render.filepath = str(tmp_path / "frame_####")
     bpy.ops.render.render(animation=True)
     names = [f"frame_{i:04d}.png" for i in (1, 2, 3)]
@@ -101,6 +102,7 @@ def test_engine_killed_mid_animation_is_restarted_once(scene, tmp_path):
 
 
 def test_restore_folder_batch(scene, tiny_weights, tmp_path):
+    scene.splat_restore.temporal = False
     scene.render.filepath = str(tmp_path / "saved" / "r_####")
     bpy.ops.render.render(animation=True)
     assert bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path / "saved"),
@@ -109,6 +111,43 @@ def test_restore_folder_batch(scene, tiny_weights, tmp_path):
         name = f"r_{i:04d}.png"
         expected = engine_restore(tmp_path / "saved" / name, tmp_path / "expected", tiny_weights)
         assert np.array_equal(pixels(tmp_path / "fixed" / name), pixels(expected))
+
+
+def _render_slow_animation(scene, pattern: Path) -> list[str]:
+    """Three frames of a cube turning slowly: motion the flow can follow, so fusion has something to carry."""
+    cube = next(o for o in bpy.data.objects if o.name.startswith("Cube"))
+    for f in (1, 2, 3):
+        cube.rotation_euler = (0, 0, 0.05 * f)
+        cube.keyframe_insert("rotation_euler", frame=f)
+    scene.render.filepath = str(pattern)
+    bpy.ops.render.render(animation=True)
+    return [pattern.name.replace("####", f"{i:04d}") + ".png" for i in (1, 2, 3)]
+
+
+def _engine_outputs(folder: Path, out: Path, weights: Path, *flags) -> Path:
+    r = run_engine("-m", "engine", "restore", folder, "-o", out, "--weights", weights, "--device", "cpu", *flags)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_animation_renders_are_fused_by_default_as_restore_temporal_fuses_them(scene, tiny_weights, tmp_path):
+    assert type(scene.splat_restore).bl_rna.properties["temporal"].default  # on unless unticked
+    scene.splat_restore.auto_restore = True
+    names = _render_slow_animation(scene, tmp_path / "frame_####")
+    fused = _engine_outputs(tmp_path, tmp_path / "expected", tiny_weights, "--temporal")
+    per_frame = _engine_outputs(tmp_path, tmp_path / "per_frame", tiny_weights)
+    for name in names:
+        assert np.array_equal(pixels(tmp_path / "restored" / name), pixels(fused / name))
+    assert not np.array_equal(pixels(tmp_path / "restored" / names[2]), pixels(per_frame / names[2]))
+
+
+def test_restore_folder_fuses_the_frames_with_temporal_smoothing(scene, tiny_weights, tmp_path):
+    names = _render_slow_animation(scene, tmp_path / "saved" / "r_####")
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path / "saved"),
+                                                output_dir=str(tmp_path / "fixed")) == {"FINISHED"}
+    fused = _engine_outputs(tmp_path / "saved", tmp_path / "expected", tiny_weights, "--temporal")
+    for name in names:
+        assert np.array_equal(pixels(tmp_path / "fixed" / name), pixels(fused / name))
 
 
 def _face_frame(path: Path) -> Path:

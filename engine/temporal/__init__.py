@@ -1,0 +1,1 @@
+"""Temporal restore: fuse each restored frame with the one before along optical flow, and measure flicker."""
