@@ -1,0 +1,97 @@
+"""torch.compile never holds a frame up, compiles each batch bucket once, and keeps its kernels on disk.
+
+One test compiles (about 95 s per compile of the tiny model on this project's 2-core CPU), so it checks everything
+that needs a compiled model at once."""
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+def _faces_frame(count: int) -> np.ndarray:
+    """A 360 x 1000 frame with `count` bundled faces side by side: larger than the tiny model, so faces mode."""
+    from engine.faces.bundled import bundled_faces
+
+    photos = list(bundled_faces().values())
+    canvas = np.full((360, 1000, 3), 0.35, np.float32)
+    for k in range(count):
+        photo = cv2.resize(photos[k % len(photos)], (260, 260), interpolation=cv2.INTER_AREA) / 255.0
+        canvas[40:300, 30 + 320 * k:290 + 320 * k] = photo
+    return canvas
+
+
+def test_frames_and_face_crops_compile_once_per_bucket_in_the_background(tiny_weights, tmp_path):
+    pytest.importorskip("mediapipe")
+    from torch._dynamo.utils import counters
+
+    from engine.faces.detect import FaceDetector
+    from engine.faces.restore import FrameRestorer
+    from engine.runtime import Restorer
+
+    before = counters["stats"]["unique_graphs"]
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="on",
+                                        compile_cache=str(tmp_path / "cache"))
+    frames = [np.random.default_rng(k).random((64, 64, 3), dtype=np.float32) for k in range(5)]
+    eager = restorer.restore(frames[:1])[0]  # served at once, while the buckets compile
+    assert restorer.forward.state == "compiling" and restorer.forward.compiled_calls == 0
+    assert restorer.describe()["compile"]["state"] == "compiling"
+    assert restorer.forward.wait(1200), "compiling the tiny model's two buckets took over 20 minutes"
+    warmed = counters["stats"]["unique_graphs"]
+    assert restorer.forward.status()["shapes"] == [[1, 3, 64, 64], [4, 3, 64, 64]]
+    assert warmed - before <= 2  # batch 1 and batch 4
+
+    restored = restorer.restore(frames)  # 5 frames at batch 4: a call of 4 and a call of 1
+    pipeline = FrameRestorer(restorer, detector=FaceDetector(min_face=32))
+    found = [len(pipeline.restore([_faces_frame(k)], ["auto"])[0].faces) for k in (1, 2, 3)]
+
+    assert found == [1, 2, 3]  # crops in calls of 1, 2 and 3: padded to buckets 1, 4 and 4
+    assert counters["stats"]["unique_graphs"] == warmed  # not one compile after the warm-up
+    assert restorer.forward.compiled_calls == 5
+    assert np.abs(restored[0] - eager).max() < 1e-3  # the compiled model restores as the eager one did
+    assert any((tmp_path / "cache").rglob("fxgraph*"))  # FX graphs kept for the next engine start
+
+
+def test_every_model_call_is_padded_to_a_batch_bucket_and_the_padding_dropped(tiny_weights):
+    from engine.runtime import Restorer
+
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="off")
+    calls = []
+    forward = restorer.forward
+    restorer.forward = lambda x: calls.append(tuple(x.shape)) or forward(x)
+    frames = [np.random.default_rng(k).random((64, 64, 3), dtype=np.float32) for k in range(7)]
+    restored = restorer.restore(frames)  # calls of 4 and 3 frames
+    alone = restorer.restore(frames[6:])  # a call of 1
+    assert [c[0] for c in calls] == [4, 4, 1] and len(restored) == 7
+    assert np.abs(restored[6] - alone[0]).max() < 1e-5  # the black padding frames change nothing
+
+
+@pytest.mark.parametrize("device, mode, expected", [("cuda", "auto", "max-autotune"), ("cpu", "auto", None),
+                                                    ("mps", "auto", None), ("cpu", "on", "default"),
+                                                    ("cuda", "off", None)])
+def test_compiling_is_autotuned_with_cuda_graphs_on_cuda_only(device, mode, expected):
+    from engine.fastpath import inductor_mode
+
+    assert inductor_mode(device, mode) == expected
+
+
+def test_the_compile_cache_lives_in_the_users_cache_folder(tmp_path, monkeypatch):
+    from engine.fastpath import default_compile_cache, use_compile_cache
+
+    assert default_compile_cache({"XDG_CACHE_HOME": "/c"}, "linux") == Path("/c/splat-restore/compile")
+    assert default_compile_cache({"LOCALAPPDATA": "C:/L"}, "win32") == Path("C:/L/splat-restore/compile")
+    assert default_compile_cache({}, "darwin").parts[-3:] == ("Caches", "splat-restore", "compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "env"))
+    assert use_compile_cache() == tmp_path / "env"  # an Inductor cache the user set up is kept
+    assert use_compile_cache(tmp_path / "mine") == tmp_path / "mine"
+    assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) == tmp_path / "mine"
+
+
+def test_compiling_off_reports_off_and_never_starts_a_thread(tiny_weights):
+    from engine.runtime import Restorer
+
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", compile="off")
+    restorer.restore([np.zeros((64, 64, 3), np.float32)])
+    assert restorer.describe()["compile"] == {"state": "off", "mode": None, "shapes": [], "seconds": 0}
+    assert restorer.forward._thread is None
