@@ -207,7 +207,7 @@ def serve(args) -> int:
     try:
         restorer = Restorer.from_pretrained(args.weights, args.base, args.accept_license, device=args.device,
                                             dtype=args.dtype, batch_size=args.batch_size, tile=args.tile,
-                                            compile=args.compile)
+                                            compile=args.compile, compile_cache=args.compile_cache)
     except LicenseNotAccepted as e:  # refused before anything loaded; exit 2 like the CLI's usage errors
         return ready_failure(str(e), Code.LICENSE_NOT_ACCEPTED, exit_code=2)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
@@ -222,6 +222,8 @@ def serve(args) -> int:
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
                        "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
+    restorer.forward.on_change = lambda status: service.send(protocol.compile_event(status))
+    service.send(protocol.compile_event(restorer.forward.status()))  # a change before the line above is not lost
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
     # daemon only so that a client gone without closing our stdin cannot keep the process alive; after a shutdown
     # request or stdin's end it has finished before we exit, so no thread is cut down during interpreter teardown

@@ -11,8 +11,10 @@ Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {
            a restore's result: {"items": [{"input", "output", "status": "restored"|"skipped"|"failed", "reason"?,
            "code"?, "mode"?: "whole"|"faces", "faces"?: [{"box", "scale", "score", "landmarks"}], "note"?,
            "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
-Events     {"event": "ready", "ok", "version", "protocol", "device", "model"} first, once;
-           {"id", "event": "progress", "done", "total"} while a restore runs
+Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile"} first, once;
+           {"id", "event": "progress", "done", "total"} while a restore runs;
+           {"event": "compile", "state": COMPILE_STATES, "mode", "shapes", "seconds", "message"?} after ready and at
+           each change: frames are served eagerly while "compiling", compiled code is used per shape once ready
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ RESTORE_OPTIONS = ("overwrite", "in_place", "skip_existing")
 # auto: faces restored in frames larger than the model, the rest untouched; off: whole frame; only-crops: the crops
 FACE_MODES = ("auto", "off", "only-crops")
 MAX_LINE = 16 * 1024 * 1024
+# off: eager only; compiling: in the background, frames served eagerly meanwhile; ready; failed: eager for good
+COMPILE_STATES = ("off", "compiling", "ready", "failed")
 
 
 class Code:
@@ -89,6 +93,11 @@ def failure(request_id, code: str, message: str, result: dict | None = None) -> 
 
 def progress(request_id, done: int, total: int) -> dict:
     return {"id": request_id, "event": "progress", "done": done, "total": total}
+
+
+def compile_event(status: dict) -> dict:
+    """status: the engine's compile status (its "compile" in info): state, mode, shapes, seconds, message."""
+    return {"event": "compile", **status}
 
 
 def _path(value, where: str, request_id) -> str:
