@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import closing
@@ -39,6 +40,15 @@ def _min_face(text: str) -> int:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from .shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     _add_license_arg(p)
@@ -50,7 +60,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="auto: fp16 on GPUs, fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
     p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
-                   help="torch.compile the model (auto: on CUDA only; the first frame of each size compiles)")
+                   help="torch.compile the model in the background (auto: on CUDA only); frames run eagerly until "
+                        "the compiled code for their shape is ready")
+    p.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="where compiled kernels are kept between runs (default: $TORCHINDUCTOR_CACHE_DIR, else "
+                        "splat-restore/compile in the user's cache folder)")
     p.add_argument("--min-face", type=_min_face, default=72,
                    help="smallest face side in pixels that face-aware restore looks for (smaller: slower search)")
 
@@ -71,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: in frames larger than the model, restore each face and leave the rest untouched "
                         "(smaller frames are restored whole); off: the whole frame, tiled; only-crops: write each "
                         "restored face crop as NAME_face<k> instead of the frame")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="restore only the K-th of N equal runs of the inputs (K from 0), e.g. one per farm node; "
+                        "under accelerate launch or torchrun RANK/WORLD_SIZE pick it")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
     g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
@@ -142,6 +159,7 @@ def cmd_restore(a) -> int:
     from .jobs import collect_items, restore_items
     from .weights.loading import check_license
     from .runtime import Restorer, warn_if_gpu_unused
+    from .shards import rank_device, shard_from_env, take_shard
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
     items = collect_items(a.inputs, a.output, a.recursive)
@@ -150,6 +168,12 @@ def cmd_restore(a) -> int:
     if not items:
         raise UsageError(f"no images found in {', '.join(a.inputs)}"
                          + ("" if a.recursive else " (subfolders need --recursive)"))
+    shard = a.shard or shard_from_env(os.environ)
+    if shard:
+        total, items = len(items), take_shard(items, *shard)
+        print(f"shard {shard[0]}/{shard[1]}: {len(items)} of {total} frames", file=sys.stderr)
+        if not items:
+            return 0
     outdir = Path(a.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -159,8 +183,12 @@ def cmd_restore(a) -> int:
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     started = time.perf_counter()
-    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=a.device, dtype=a.dtype,
-                                        batch_size=a.batch_size, tile=a.tile, compile=a.compile)
+    import torch
+
+    device = rank_device(a.device, os.environ, torch.cuda.is_available())
+    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=device, dtype=a.dtype,
+                                        batch_size=a.batch_size, tile=a.tile, compile=a.compile,
+                                        compile_cache=a.compile_cache)
     warn_if_gpu_unused(a.device, restorer.device)
     frames = FrameRestorer(restorer, a.min_face)
     missing = _faces_missing(frames, items, a.faces)
@@ -288,8 +316,6 @@ def cmd_bench_faces(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    import os
-
     from .service import serve
 
     code = serve(a)  # returns once its threads are joined, the face graphs closed and the last answer written
