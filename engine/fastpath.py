@@ -93,6 +93,7 @@ class FastForward:
                  compile_cache: str | os.PathLike | None = None):
         self.eager = prepare(model, device)
         self.device = device
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.mode = inductor_mode(device.type, compile_mode)
         self.compiled = None
         if self.mode:
@@ -111,6 +112,7 @@ class FastForward:
         self._thread: threading.Thread | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)  # compiled code is guarded on strides too
         shape = tuple(x.shape)
         with self._lock:
             ready = shape in self._ready
@@ -173,8 +175,7 @@ class FastForward:
         start = time.perf_counter()
         try:
             x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=self.memory_format)
             with torch.inference_mode():  # as Restorer.run_model calls it: the guards must match
                 self.compiled(x)
             if self.device.type == "cuda":

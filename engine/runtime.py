@@ -178,8 +178,6 @@ class Restorer:
         if self.bucket(n) > n:
             batch = np.concatenate([batch, np.zeros((self.bucket(n) - n, *batch.shape[1:]), batch.dtype)])
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         y = self.forward(x.to(self.dtype) * 2 - 1)
         out = ((y[:n].float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         if self.dtype != torch.float32 and np.isnan(out).any():  # the VAE configs say force_upcast: be sure

@@ -14,11 +14,12 @@ def _faces_frame(count: int) -> np.ndarray:
     """A 360 x 1000 frame with `count` bundled faces side by side: larger than the tiny model, so faces mode."""
     from engine.faces.bundled import bundled_faces
 
-    photos = list(bundled_faces().values())
+    photos = bundled_faces()
     canvas = np.full((360, 1000, 3), 0.35, np.float32)
-    for k in range(count):
-        photo = cv2.resize(photos[k % len(photos)], (260, 260), interpolation=cv2.INTER_AREA) / 255.0
-        canvas[40:300, 30 + 320 * k:290 + 320 * k] = photo
+    for name, x, y, scale in [("astronaut", 40, 30, 0.6), ("grace_hopper", 380, 40, 0.45),
+                              ("astronaut", 680, 30, 0.6)][:count]:
+        photo = cv2.resize(photos[name], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) / 255.0
+        canvas[y:y + photo.shape[0], x:x + photo.shape[1]] = photo
     return canvas
 
 
