@@ -11,10 +11,10 @@ reuses them. The VAE decoder is about 75 % of the FLOPs at 512 px, so it is comp
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from .model import SplatRestorer
 COMPILE_MODES = ("auto", "off", "on")
 # dense bf16/fp16 throughput reachable by large GEMMs, used only to print the fraction of the compute floor
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 300.0}
+COMPILE_THREAD = "splat-restore-compile"
 
 
 def use_sdpa(model: SplatRestorer) -> None:
@@ -84,6 +85,8 @@ def prepare(model: SplatRestorer, device: torch.device) -> SplatRestorer:
 class FastForward:
     """(N, 3, H, W) -> (N, 3, H, W). Eager until the compiled code for an input's shape is ready, compiled after.
 
+    Call it in torch.inference_mode() with inference tensors, as the warm-up runs: compiled code is guarded on that
+    (and on shape, dtype and layout), and a call that misses the guards would compile on the caller's thread.
     Thread-safe: the service's worker calls it while the compile thread warms shapes up; the two only share the
     set of ready shapes (under a lock) and the model's weights (read-only). `status()` says where compiling stands;
     `on_change(status)` is called from the compile thread at each change.
@@ -105,7 +108,7 @@ class FastForward:
         self.error = ""
         self._ready: set[tuple] = set()
         self._asked: set[tuple] = set()
-        self._todo: queue.Queue = queue.Queue()
+        self._todo: deque[tuple] = deque()
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
@@ -132,11 +135,10 @@ class FastForward:
             if not new:
                 return
             self._idle.clear()
-            for s in new:
-                self._todo.put(s)
+            self._todo.extend(new)
             if self._thread is None:
                 # daemon: a run that ends mid-compile must not wait minutes for a kernel no frame will use
-                self._thread = threading.Thread(target=self._compile_loop, name="compile", daemon=True)
+                self._thread = threading.Thread(target=self._compile_loop, name=COMPILE_THREAD, daemon=True)
                 self._thread.start()
         self._changed()
 
@@ -162,22 +164,26 @@ class FastForward:
         return out
 
     def _compile_loop(self) -> None:
+        """Compiles what is asked for, then ends: a live compile thread means a compile is under way."""
         while True:
-            shape = self._todo.get()
-            if not self.error:  # after one failure the compiler does not work here: the rest stay eager too
-                self._compile_one(shape)
             with self._lock:
-                if self._todo.empty() or self.error:
+                if not self._todo or self.error:  # after one failure the compiler does not work here
+                    self._todo.clear()
+                    self._thread = None
                     self._idle.set()
+                    break
+                shape = self._todo.popleft()
+            self._compile_one(shape)
             self._changed()
+        self._changed()
 
     def _compile_one(self, shape: tuple) -> None:
         start = time.perf_counter()
         try:
-            x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
-            x = x.contiguous(memory_format=self.memory_format)
-            with torch.inference_mode():  # as Restorer.run_model calls it: the guards must match
-                self.compiled(x)
+            # made and run as Restorer.run_model does: an inference tensor in inference mode, or the guards miss
+            with torch.inference_mode():
+                x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
+                self.compiled(x.contiguous(memory_format=self.memory_format))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as e:  # noqa: BLE001 - a compiler failure costs speed, never frames
@@ -191,6 +197,11 @@ class FastForward:
     def _changed(self) -> None:
         if self.on_change:
             self.on_change(self.status())
+
+
+def compiling_now() -> bool:
+    """Whether a FastForward of this process is in the middle of a compile."""
+    return any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:

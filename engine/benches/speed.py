@@ -74,6 +74,7 @@ def _time(fn, x, repeats: int, device: torch.device) -> tuple[float, float | Non
     return seconds, peak
 
 
+@torch.inference_mode()  # inference tensors, as the engine passes: compiled code is guarded on it
 def _inputs(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     x = torch.rand(batch, 3, size, size, device=device, dtype=dtype) * 2 - 1
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
