@@ -89,7 +89,7 @@ class FastForward:
     (and on shape, dtype and layout), and a call that misses the guards would compile on the caller's thread.
     Thread-safe: the service's worker calls it while the compile thread warms shapes up; the two only share the
     set of ready shapes (under a lock) and the model's weights (read-only). `status()` says where compiling stands;
-    `on_change(status)` is called from the compile thread at each change.
+    `on_change()` is called (mostly from the compile thread) at each change.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, compile_mode: str = "auto",
@@ -102,7 +102,7 @@ class FastForward:
         if self.mode:
             self.cache = use_compile_cache(compile_cache)
             self.compiled = torch.compile(self.eager, mode=self.mode, dynamic=False, fullgraph=False)
-        self.on_change: Callable[[dict], None] | None = None
+        self.on_change: Callable[[], None] | None = None
         self.compiled_calls = 0
         self.seconds: dict[tuple, float] = {}  # shape -> seconds its compile took
         self.error = ""
@@ -196,7 +196,7 @@ class FastForward:
 
     def _changed(self) -> None:
         if self.on_change:
-            self.on_change(self.status())
+            self.on_change()
 
 
 def compiling_now() -> bool:

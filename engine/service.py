@@ -222,8 +222,13 @@ def serve(args) -> int:
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
                        "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
-    restorer.forward.on_change = lambda status: service.send(protocol.compile_event(status))
-    service.send(protocol.compile_event(restorer.forward.status()))  # a change before the line above is not lost
+    compile_lock = threading.Lock()
+
+    def report_compile():  # the state as of sending, in order: the last event is always the current one
+        with compile_lock:
+            service.send(protocol.compile_event(restorer.forward.status()))
+    restorer.forward.on_change = report_compile
+    report_compile()  # once now: a change before on_change was set is not lost
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
     # daemon only so that a client gone without closing our stdin cannot keep the process alive; after a shutdown
     # request or stdin's end it has finished before we exit, so no thread is cut down during interpreter teardown

@@ -118,3 +118,49 @@ def test_a_restore_that_ends_while_compiling_exits_with_its_own_code(tiny_weight
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]  # not SIGABRT from tearing down a compile half-way
     assert "restored 2, skipped 0, failed 0" in done.stdout
+
+
+def test_frames_are_served_eagerly_until_their_shape_is_compiled_then_compiled(tmp_path, monkeypatch):
+    import threading
+
+    import torch
+
+    from engine.fastpath import FastForward
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    forward = FastForward(torch.nn.Conv2d(3, 3, 1), torch.device("cpu"), "on")
+    release, calls, states = threading.Event(), [], []
+
+    def compiler_stand_in(x):  # what torch.compile's first call does: block for minutes, then run compiled code
+        calls.append(tuple(x.shape))
+        release.wait(30)
+        return x * 0 + 7
+    forward.compiled = compiler_stand_in
+    forward.on_change = lambda: states.append(forward.state)
+    with torch.inference_mode():
+        x = torch.ones(2, 3, 8, 8)
+        assert forward(x).ne(7).all()  # eager at once, while its shape compiles
+        assert forward.state == "compiling" and not forward.wait(0.2)
+        release.set()
+        assert forward.wait(30) and forward.state == "ready"
+        assert forward(x).eq(7).all() and forward.compiled_calls == 1
+    assert calls == [(2, 3, 8, 8), (2, 3, 8, 8)] and states[0] == "compiling" and states[-1] == "ready"
+    assert forward.status()["shapes"] == [[2, 3, 8, 8]]
+
+
+def test_a_failing_compile_is_reported_once_and_frames_stay_eager(tmp_path, monkeypatch):
+    import torch
+
+    from engine.fastpath import FastForward
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    forward = FastForward(torch.nn.Conv2d(3, 3, 1), torch.device("cpu"), "on")
+
+    def broken(x):
+        raise RuntimeError("no C++ compiler")
+    forward.compiled = broken
+    forward.compile_async([(1, 3, 8, 8), (2, 3, 8, 8)])
+    assert forward.wait(30) and forward.state == "failed"
+    assert "no C++ compiler" in forward.status()["message"] and forward.status()["shapes"] == []
+    with torch.inference_mode():
+        assert forward(torch.ones(1, 3, 8, 8)).shape == (1, 3, 8, 8)  # served eagerly
