@@ -159,6 +159,8 @@ class FastForward:
             shapes = sorted(self._ready)
         out = {"state": self.state, "mode": self.mode, "shapes": [list(s) for s in shapes],
                "seconds": round(sum(self.seconds.values()), 3)}
+        if self.compiled is not None:
+            out["cache"] = str(self.cache)
         if self.error:
             out["message"] = self.error
         return out

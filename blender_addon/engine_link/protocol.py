@@ -13,8 +13,9 @@ Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {
            "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
 Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile"} first, once;
            {"id", "event": "progress", "done", "total"} while a restore runs;
-           {"event": "compile", "state": COMPILE_STATES, "mode", "shapes", "seconds", "message"?} after ready and at
-           each change: frames are served eagerly while "compiling", compiled code is used per shape once ready
+           {"event": "compile", "state", "mode", "shapes", "seconds", "cache"?, "message"?} after ready and at each
+           change. state: "off" (eager only), "compiling" (in the background; frames are served eagerly meanwhile),
+           "ready" (compiled code used for `shapes`) or "failed" (eager for good; `message` says why)
 """
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ RESTORE_OPTIONS = ("overwrite", "in_place", "skip_existing")
 # auto: faces restored in frames larger than the model, the rest untouched; off: whole frame; only-crops: the crops
 FACE_MODES = ("auto", "off", "only-crops")
 MAX_LINE = 16 * 1024 * 1024
-# off: eager only; compiling: in the background, frames served eagerly meanwhile; ready; failed: eager for good
-COMPILE_STATES = ("off", "compiling", "ready", "failed")
 
 
 class Code:
@@ -96,7 +95,7 @@ def progress(request_id, done: int, total: int) -> dict:
 
 
 def compile_event(status: dict) -> dict:
-    """status: the engine's compile status (its "compile" in info): state, mode, shapes, seconds, message."""
+    """status: the engine's compile status, as "compile" in its ready line and info."""
     return {"event": "compile", **status}
 
 
