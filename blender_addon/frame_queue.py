@@ -82,7 +82,8 @@ class EngineManager:
         if self.starting:
             return "starting"
         if self.client is not None and self.client.alive:
-            return "busy" if self.client._pending else "ready"
+            state = "busy" if self.client._pending else "ready"
+            return f"{state}, compiling…" if self.client.compiling else state
         return "error" if self.last_error else "stopped"
 
     def client_for(self, settings: EngineSettings) -> EngineClient:

@@ -67,15 +67,16 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
     min_face: bpy.props.IntProperty(name="Smallest Face", default=72, min=8, subtype="PIXEL",
                                     description="Smallest face side searched for in Faces mode (smaller: slower)")
     compile: bpy.props.EnumProperty(name="Compile", default="auto", items=[
-        ("auto", "Auto", "torch.compile on CUDA only (the first frame of each size compiles)"),
-        ("on", "On", ""), ("off", "Off", "No compile: the first frame is not slower than the rest")])
+        ("auto", "Auto", "torch.compile on CUDA only, in the background: frames are restored meanwhile, and faster "
+                         "once the engine status no longer says compiling"),
+        ("on", "On", ""), ("off", "Off", "No compile: no background work, frames stay at eager speed")])
     startup_timeout: bpy.props.FloatProperty(
         name="Start-up Limit", default=300.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
         description="Seconds the engine may take to load the model before it is stopped with an error")
     stall_timeout: bpy.props.FloatProperty(
         name="Per-Frame Limit", default=600.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
         description="Seconds the engine may go without finishing a frame (while frames are waiting) before it "
-                    "is stopped as hung and those frames fail; the first frame of a size may compile for minutes")
+                    "is stopped as hung and those frames fail")
 
     def draw_difix(self, layout):
         layout.prop(self, "difix_weights")

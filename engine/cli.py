@@ -1,157 +1,23 @@
-"""`python -m engine ...`: restore, serve, info, bench, bench-protocol, bench-faces, fetch, import-pix2pix-turbo,
-flicker, bench-temporal.
+"""`python -m engine ...`: the commands (restore, serve, info, bench, bench-protocol, bench-faces, fetch,
+import-pix2pix-turbo, flicker, bench-temporal); their arguments are in arguments.py.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import time
 from contextlib import closing
 from pathlib import Path
 
-from blender_addon.engine_link.licenses import ACCEPT_ENV, ACCEPT_FLAG, LicenseNotAccepted
-from blender_addon.engine_link.protocol import FACE_MODES
+from blender_addon.engine_link.licenses import ACCEPT_FLAG, LicenseNotAccepted
 
-from . import __version__
-from .weights.base import DEFAULT_BASE, BaseModelError
+from .arguments import build_parser
+from .weights.base import BaseModelError
 from .weights.checkpoint import CheckpointError
 from .jobs import UsageError
-
-WEIGHTS_HELP = ("a Splat Restore checkpoint (.safetensors), or weights in Difix's published layout: a folder, or "
-                "the hub id nvidia/difix from the HF cache (`python -m engine fetch nvidia/difix`)")
-
-
-def _add_license_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(ACCEPT_FLAG, dest="accept_license", action="store_true",
-                   help=f"accept the licence of third-party weights (NVIDIA Difix: non-commercial use only); "
-                        f"{ACCEPT_ENV}=1 does the same")
-
-
-def _min_face(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if value < 8:  # below this the tile scan would run thousands of detector calls per frame for no usable face
-        raise argparse.ArgumentTypeError("must be at least 8 pixels")
-    return value
-
-
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    _add_license_arg(p)
-    p.add_argument("--base", default=None,
-                   help=f"base model: diffusers folder or hub id (default: the one named in the weights, "
-                        f"normally {DEFAULT_BASE})")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
-                   help="auto: fp16 on GPUs, fp32 on CPU")
-    p.add_argument("--batch-size", type=int, default=1, help="frames (or tiles) per model call")
-    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
-                   help="torch.compile the model (auto: on CUDA only; the first frame of each size compiles)")
-    p.add_argument("--min-face", type=_min_face, default=72,
-                   help="smallest face side in pixels that face-aware restore looks for (smaller: slower search)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m engine", description="Splat Restore engine")
-    ap.add_argument("--version", action="version", version=f"splat-restore {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("restore", help="restore image files or folders into OUTDIR (same names)")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    _add_runtime_args(p)
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
-    p.add_argument("--recursive", action="store_true", help="descend into subfolders of input folders")
-    p.add_argument("--faces", choices=list(FACE_MODES), default="auto",
-                   help="auto: in frames larger than the model, restore each face and leave the rest untouched "
-                        "(smaller frames are restored whole); off: the whole frame, tiled; only-crops: write each "
-                        "restored face crop as NAME_face<k> instead of the frame")
-    p.add_argument("--temporal", action="store_true",
-                   help="each input folder's frames are one animation, in natural name order (f_2 before f_10): "
-                        "each frame is fused with the one before along optical flow, so they do not flicker")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
-    g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-
-    p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout "
-                                      "(faces mode per request)")
-    _add_runtime_args(p)
-    p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
-
-    p = sub.add_parser("info", help="describe a checkpoint, the full-size architecture or the devices here")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--arch", help="count parameters of a shipped architecture without weights (sd-turbo)")
-    src.add_argument("--weights", help="show the recipe and licence of a checkpoint, Difix folder or nvidia/difix")
-    src.add_argument("--devices", action="store_true", help="list the devices --device takes, with GPU memory")
-    p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default="encoder+decoder",
-                   help="VAE LoRA on encoder and decoder (the recipe) or the decoder only")
-    p.add_argument("--rank-unet", type=int, default=16)
-    p.add_argument("--rank-vae", type=int, default=8)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("bench", help="reference recipe vs the engine's fast path, same process, same inputs")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    src.add_argument("--random-weights", action="store_true", help="random weights at full size (the default)")
-    _add_license_arg(p)
-    p.add_argument("--arch", default="sd-turbo")
-    p.add_argument("--base", default=None, help="a diffusers folder instead of --arch (random LoRA on it)")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes; 'auto' picks from free memory")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("bench-protocol", help="time the stdio service's overhead per frame against in-process")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--base", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--frames", type=int, default=20)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("bench-faces", help="face-aware restore's cost per frame, stage by stage")
-    p.add_argument("--weights", default=None, help="time this model too (default: the identity, pipeline only)")
-    p.add_argument("--base", default=None)
-    p.add_argument("--size", default="1920x1080", help="frame size WxH")
-    p.add_argument("--faces", type=int, default=1, help="bundled face photos placed in the frame")
-    p.add_argument("--min-face", type=_min_face, default=72)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("flicker", help="warping error of a frame sequence: how much it flickers")
-    p.add_argument("frames", help="folder of frames, taken in natural name order")
-    p.add_argument("--reference", default=None,
-                   help="folder with the same names (the frames before restoring): flow is computed on these, and "
-                        "the ratio is to their own warping error (default: the frames themselves)")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("bench-temporal", help="temporal restore's flicker, kept change and fusion cost per frame")
-    p.add_argument("--weights", default=None, help="the model for the moving-face sequence (without: cost only)")
-    p.add_argument("--base", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--size", default="1920x1080", help="frame size WxH for the cost")
-    p.add_argument("--frames", type=int, default=20, help="frames timed for the cost")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
-    p.add_argument("base", nargs="?", default=DEFAULT_BASE)
-
-    p = sub.add_parser("import-pix2pix-turbo", help="convert an img2img-turbo .pkl into a Splat Restore checkpoint")
-    p.add_argument("pkl")
-    p.add_argument("--base", default=DEFAULT_BASE)
-    p.add_argument("--prompt", required=True, help="the prompt the model was trained with")
-    p.add_argument("-o", "--output", required=True)
-    return ap
 
 
 def cmd_restore(a) -> int:
@@ -161,6 +27,7 @@ def cmd_restore(a) -> int:
     from .jobs import collect_items, restore_items
     from .weights.loading import check_license
     from .runtime import Restorer, warn_if_gpu_unused
+    from .shards import rank_device, shard_from_env, take_shard
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
     items = collect_items(a.inputs, a.output, a.recursive)
@@ -174,6 +41,12 @@ def cmd_restore(a) -> int:
     if not items:
         raise UsageError(f"no images found in {', '.join(a.inputs)}"
                          + ("" if a.recursive else " (subfolders need --recursive)"))
+    shard = a.shard or shard_from_env(os.environ)
+    if shard:
+        total, items = len(items), take_shard(items, *shard)
+        print(f"shard {shard[0]}/{shard[1]}: {len(items)} of {total} frames", file=sys.stderr)
+        if not items:
+            return 0
     outdir = Path(a.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -183,8 +56,12 @@ def cmd_restore(a) -> int:
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     started = time.perf_counter()
-    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=a.device, dtype=a.dtype,
-                                        batch_size=a.batch_size, tile=a.tile, compile=a.compile)
+    import torch
+
+    device = rank_device(a.device, os.environ, torch.cuda.is_available())
+    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=device, dtype=a.dtype,
+                                        batch_size=a.batch_size, tile=a.tile, compile=a.compile,
+                                        compile_cache=a.compile_cache)
     warn_if_gpu_unused(a.device, restorer.device)
     frames = FrameRestorer(restorer, a.min_face)
     missing = _faces_missing(frames, items, a.faces)
@@ -348,8 +225,6 @@ def cmd_bench_temporal(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    import os
-
     from .service import serve
 
     code = serve(a)  # returns once its threads are joined, the face graphs closed and the last answer written

@@ -1,14 +1,22 @@
 """The inference fast path: what a frame runs through once the model is loaded.
 
-Merged LoRA (done at load), half precision on GPUs, channels_last convolutions, PyTorch's SDPA attention, and on CUDA
-torch.compile with static shapes ("max-autotune" with CUDA graphs), compiled once per input shape and reused for every
-later frame of that shape (the service keeps the compiled model warm; Inductor caches kernels on disk, so a restarted
-engine compiles faster). The VAE decoder is about 75 % of the FLOPs at 512 px, so it is compiled as a whole with the
-encoder and UNet rather than left eager.
+Merged LoRA (done at load), half precision on GPUs, channels_last convolutions, PyTorch's SDPA attention, and
+torch.compile (on CUDA by default: "max-autotune" with CUDA graphs, static shapes). Compiling takes minutes on a GPU,
+so it never sits between an artist and a frame: `FastForward` serves every frame eagerly until the compiled code for
+that input shape is ready, compiling in a background thread on dummy inputs of that shape, and swaps it in then.
+Callers pad batches to a few fixed sizes (runtime.Restorer's buckets), so a session compiles a handful of shapes
+once. Inductor's FX-graph and autotune caches live in a named folder (`--compile-cache`), so a restarted engine
+reuses them. The VAE decoder is about 75 % of the FLOPs at 512 px, so it is compiled with the encoder and UNet.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,6 +25,7 @@ from .model import SplatRestorer
 COMPILE_MODES = ("auto", "off", "on")
 # dense bf16/fp16 throughput reachable by large GEMMs, used only to print the fraction of the compute floor
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 300.0}
+COMPILE_THREAD = "splat-restore-compile"
 
 
 def use_sdpa(model: SplatRestorer) -> None:
@@ -27,22 +36,174 @@ def use_sdpa(model: SplatRestorer) -> None:
             module.set_attn_processor(AttnProcessor2_0())
 
 
-def optimize(model: SplatRestorer, device: torch.device, compile_mode: str = "auto") -> torch.nn.Module:
-    """A callable (N, 3, H, W) -> (N, 3, H, W) running `model` as fast as this device allows. `model` must already
-    be merged and on `device` in its inference dtype."""
+def inductor_mode(device_type: str, compile_mode: str) -> str | None:
+    """torch.compile's mode for this device and --compile setting, or None for eager only."""
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, not {compile_mode!r}")
+    if compile_mode == "off" or (compile_mode == "auto" and device_type != "cuda"):
+        return None
+    # autotuning GEMM/conv templates and CUDA graphs pay off on CUDA only; on the CPU they only lengthen compiles
+    return "max-autotune" if device_type == "cuda" else "default"
+
+
+def default_compile_cache(env: dict | None = None, platform: str = sys.platform) -> Path:
+    """Where compiled kernels are kept between engine runs: the user's cache folder, per platform."""
+    env = os.environ if env is None else env
+    if platform == "win32":
+        root = Path(env.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif platform == "darwin":
+        root = Path.home() / "Library" / "Caches"
+    else:
+        root = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "splat-restore" / "compile"
+
+
+def use_compile_cache(folder: str | os.PathLike | None = None) -> Path:
+    """Point Inductor's on-disk caches (FX graphs, autotuning results, Triton kernels) at `folder`; without one, at
+    $TORCHINDUCTOR_CACHE_DIR when set, else at default_compile_cache(). Must run before the first compile."""
+    chosen = Path(folder or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_compile_cache()).expanduser()
+    chosen.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(chosen.resolve())  # Inductor reads it at each compile
+    import torch._inductor.config as inductor
+
+    inductor.fx_graph_cache = True
+    inductor.autotune_local_cache = True
+    return chosen
+
+
+def prepare(model: SplatRestorer, device: torch.device) -> SplatRestorer:
+    """The eager half of the fast path, in place: SDPA attention, and on CUDA channels_last and TF32."""
     use_sdpa(model)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):
-        os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-        mode = "max-autotune" if device.type == "cuda" else "default"
-        return torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
     return model
+
+
+class FastForward:
+    """(N, 3, H, W) -> (N, 3, H, W). Eager until the compiled code for an input's shape is ready, compiled after.
+
+    Call it in torch.inference_mode() with inference tensors, as the warm-up runs: compiled code is guarded on that
+    (and on shape, dtype and layout), and a call that misses the guards would compile on the caller's thread.
+    Thread-safe: the service's worker calls it while the compile thread warms shapes up; the two only share the
+    set of ready shapes (under a lock) and the model's weights (read-only). `status()` says where compiling stands;
+    `on_change()` is called (mostly from the compile thread) at each change.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, compile_mode: str = "auto",
+                 compile_cache: str | os.PathLike | None = None):
+        self.eager = prepare(model, device)
+        self.device = device
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.mode = inductor_mode(device.type, compile_mode)
+        self.compiled = None
+        if self.mode:
+            self.cache = use_compile_cache(compile_cache)
+            self.compiled = torch.compile(self.eager, mode=self.mode, dynamic=False, fullgraph=False)
+        self.on_change: Callable[[], None] | None = None
+        self.compiled_calls = 0
+        self.seconds: dict[tuple, float] = {}  # shape -> seconds its compile took
+        self.error = ""
+        self._ready: set[tuple] = set()
+        self._asked: set[tuple] = set()
+        self._todo: deque[tuple] = deque()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)  # compiled code is guarded on strides too
+        shape = tuple(x.shape)
+        with self._lock:
+            ready = shape in self._ready
+        if ready:
+            self.compiled_calls += 1
+            return self.compiled(x)
+        self.compile_async([shape])
+        return self.eager(x)
+
+    def compile_async(self, shapes) -> None:
+        """Compile for these input shapes in the background (each once; nothing when compiling is off)."""
+        if self.compiled is None:
+            return
+        with self._lock:
+            new = [tuple(s) for s in shapes if tuple(s) not in self._asked and not self.error]
+            self._asked.update(new)
+            if not new:
+                return
+            self._idle.clear()
+            self._todo.extend(new)
+            if self._thread is None:
+                # daemon: a run that ends mid-compile must not wait minutes for a kernel no frame will use
+                self._thread = threading.Thread(target=self._compile_loop, name=COMPILE_THREAD, daemon=True)
+                self._thread.start()
+        self._changed()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every shape asked for is compiled (or compiling failed); False on timeout."""
+        return self._idle.wait(timeout)
+
+    @property
+    def state(self) -> str:
+        if self.compiled is None:
+            return "off"
+        if self.error:
+            return "failed"
+        return "ready" if self._idle.is_set() else "compiling"
+
+    def status(self) -> dict:
+        with self._lock:
+            shapes = sorted(self._ready)
+        out = {"state": self.state, "mode": self.mode, "shapes": [list(s) for s in shapes],
+               "seconds": round(sum(self.seconds.values()), 3)}
+        if self.compiled is not None:
+            out["cache"] = str(self.cache)
+        if self.error:
+            out["message"] = self.error
+        return out
+
+    def _compile_loop(self) -> None:
+        """Compiles what is asked for, then ends: a live compile thread means a compile is under way."""
+        while True:
+            with self._lock:
+                if not self._todo or self.error:  # after one failure the compiler does not work here
+                    self._todo.clear()
+                    self._thread = None
+                    self._idle.set()
+                    break
+                shape = self._todo.popleft()
+            self._compile_one(shape)
+            self._changed()
+        self._changed()
+
+    def _compile_one(self, shape: tuple) -> None:
+        start = time.perf_counter()
+        try:
+            # made and run as Restorer.run_model does: an inference tensor in inference mode, or the guards miss
+            with torch.inference_mode():
+                x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
+                self.compiled(x.contiguous(memory_format=self.memory_format))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as e:  # noqa: BLE001 - a compiler failure costs speed, never frames
+            self.error = f"compiling for input {list(shape)} failed, frames stay eager: {type(e).__name__}: {e}"
+            print(f"warning: {self.error}", file=sys.stderr)
+            return
+        self.seconds[shape] = time.perf_counter() - start
+        with self._lock:
+            self._ready.add(shape)
+
+    def _changed(self) -> None:
+        if self.on_change:
+            self.on_change()
+
+
+def compiling_now() -> bool:
+    """Whether a FastForward of this process is in the middle of a compile."""
+    return any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:

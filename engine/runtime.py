@@ -15,7 +15,7 @@ from blender_addon.engine_link.licenses import license_by_id
 
 from . import __version__
 from .weights.checkpoint import CheckpointInfo
-from .fastpath import optimize
+from .fastpath import FastForward
 from .weights.loading import load_restorer
 from .model import SplatRestorer
 from .tiling import blend_tiles, pad_to_multiple, plan_tiles
@@ -114,7 +114,7 @@ class Restorer:
 
     def __init__(self, model: SplatRestorer, info: CheckpointInfo | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
-                 compile: str = "auto"):
+                 compile: str = "auto", compile_cache: str | None = None):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         try:
@@ -123,9 +123,11 @@ class Restorer:
             raise DeviceError(f"out of memory loading the model onto {self.device} ({self.dtype}): free the GPU "
                               f"(other programs, another engine), pick another with --device cuda:N, or use "
                               f"--device cpu") from None
-        self.forward = optimize(self.model, self.device, compile)
+        self.forward = FastForward(self.model, self.device, compile, compile_cache)
         self.info = info
         self.batch_size = max(1, int(batch_size))
+        # every model call is padded to one of these batch sizes, so a session compiles a few shapes, once each
+        self.buckets = sorted({1, self.batch_size})
         # the size the model was trained at (512 for SD-Turbo): face crops are cut at it, larger frames tiled at it
         self.model_size = int(model.unet.config.sample_size * 8)
         self.tile = int(tile or self.model_size)
@@ -133,6 +135,9 @@ class Restorer:
         if self.tile % 8 or self.tile < 64 or self.overlap >= self.tile:
             raise ValueError(f"tile must be a multiple of 8 of at least 64 with overlap < tile; got tile "
                              f"{self.tile}, overlap {self.overlap}")
+        # tiles and face crops, the shapes most frames come in; frames of other sizes are compiled when first seen
+        self.forward.compile_async((b, 3, side, side) for side in sorted({self.tile, self.model_size})
+                                   for b in self.buckets)
 
     @classmethod
     def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, accept_license: bool = False,
@@ -147,7 +152,8 @@ class Restorer:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
                 "base": info.base if info else None, "prompt": info.prompt if info else None,
-                "source": info.source if info else None, "license": lic.describe() if lic else None}
+                "source": info.source if info else None, "license": lic.describe() if lic else None,
+                "compile": self.forward.status()}
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -160,14 +166,20 @@ class Restorer:
             text["Splat Restore license"] = lic.describe()
         return text
 
+    def bucket(self, n: int) -> int:
+        """The batch size a call with `n` frames is padded to."""
+        return next((b for b in self.buckets if b >= n), n)
+
     @torch.inference_mode()
     def run_model(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float [0, 1], H and W multiples of 8 -> same shape, restored."""
+        """(N, H, W, 3) float [0, 1], H and W multiples of 8 -> same shape, restored. Padded with black frames to
+        a bucket's batch size (a new batch size would be a new compile); their outputs are dropped."""
+        n = len(batch)
+        if self.bucket(n) > n:
+            batch = np.concatenate([batch, np.zeros((self.bucket(n) - n, *batch.shape[1:]), batch.dtype)])
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         y = self.forward(x.to(self.dtype) * 2 - 1)
-        out = ((y.float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        out = ((y[:n].float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         if self.dtype != torch.float32 and np.isnan(out).any():  # the VAE configs say force_upcast: be sure
             raise RuntimeError(f"the model overflowed in {str(self.dtype).replace('torch.', '')} on this frame; "
                                f"restore it with --dtype fp32")

@@ -210,7 +210,7 @@ def serve(args) -> int:
     try:
         restorer = Restorer.from_pretrained(args.weights, args.base, args.accept_license, device=args.device,
                                             dtype=args.dtype, batch_size=args.batch_size, tile=args.tile,
-                                            compile=args.compile)
+                                            compile=args.compile, compile_cache=args.compile_cache)
     except LicenseNotAccepted as e:  # refused before anything loaded; exit 2 like the CLI's usage errors
         return ready_failure(str(e), Code.LICENSE_NOT_ACCEPTED, exit_code=2)
     except Exception as e:  # anything that stops loading is reported in the ready line, then we exit
@@ -225,6 +225,13 @@ def serve(args) -> int:
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
                        "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
+    compile_lock = threading.Lock()
+
+    def report_compile():  # the state as of sending, in order: the last event is always the current one
+        with compile_lock:
+            service.send(protocol.compile_event(restorer.forward.status()))
+    restorer.forward.on_change = report_compile
+    report_compile()  # once now: a change before on_change was set is not lost
     print(f"splat-restore engine ready on {restorer.device} ({restorer.dtype})", file=sys.stderr)
     # daemon only so that a client gone without closing our stdin cannot keep the process alive; after a shutdown
     # request or stdin's end it has finished before we exit, so no thread is cut down during interpreter teardown

@@ -70,6 +70,20 @@ def test_a_slow_engine_that_keeps_finishing_frames_is_not_cut_off(tmp_path):
     client.shutdown()
 
 
+def test_the_engine_status_says_compiling_while_the_engine_compiles_in_the_background(tmp_path):
+    manager = EngineManager()
+    client = manager.client_for(_settings(tmp_path, "compiling"))
+    deadline = time.monotonic() + 10
+    while manager.status != "ready, compiling…" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert manager.status == "ready, compiling…"
+    frame = _frames(tmp_path, 1)[0]
+    (tmp_path / "out").mkdir()
+    assert client.wait(client.restore([(frame, tmp_path / "out" / frame.name)]))["restored"] == 1
+    assert manager.status == "ready" and client.compile["shapes"] == [[1, 3, 64, 64]]
+    manager.stop()
+
+
 def test_a_render_with_a_hung_engine_ends_with_every_frame_failed(tmp_path):
     settings = _settings(tmp_path, "silent", stall_timeout=1.0)
     queue = FrameQueue(EngineManager(), settings)

@@ -12,14 +12,34 @@ def test_fast_path_matches_the_eager_fp32_reference(tiny_base, dtype, tolerance)
     assert check_outputs(base=str(tiny_base), size=64, device="cpu", dtype=dtype) < tolerance
 
 
-def test_bench_compares_reference_and_fast_path(tiny_base, capsys):
+def test_bench_compares_reference_eager_fast_and_cold_start_with_one_model_at_a_time(tiny_base, capsys,
+                                                                                       monkeypatch):
+    import gc
+
+    from engine.benches import speed
+    from engine.model import SplatRestorer
+
+    alive = []
+    real = speed.FastForward
+
+    def counting(model, *args):  # the fast model must be the only one left: peaks are each model's own
+        gc.collect()
+        alive.append(sum(type(o) is SplatRestorer for o in gc.get_objects()))
+        return real(model, *args)
+    monkeypatch.setattr(speed, "FastForward", counting)
     assert main(["bench", "--base", str(tiny_base), "--size", "64", "--batch", "1,2", "--device", "cpu",
                  "--repeats", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
+    assert alive == [1]
     assert r["device"] == "cpu" and [row["batch"] for row in r["rows"]] == [1, 2]
     for row in r["rows"]:
-        assert row["reference_ms_per_frame"] > 0 and row["fast_ms_per_frame"] > 0 and row["speedup"] > 0
-    assert r["tflop_per_frame"] > 0
+        assert row["reference_ms_per_frame"] > 0 and row["eager_ms_per_frame"] > 0 and row["speedup"] > 0
+        assert "compiled_ms_per_frame" not in row  # compile auto: eager on the CPU
+    assert r["tflop_per_frame"] > 0 and r["load_s"] < r["cold_start_s"] and not r["first_frame_compiled"]
+    assert r["compile"]["state"] == "off" and r["compile_cold_s"] is None and r["compile_warm_s"] is None
+    main(["bench", "--base", str(tiny_base), "--size", "64", "--batch", "1", "--device", "cpu", "--repeats", "1"])
+    table = capsys.readouterr().out
+    assert "cold start" in table and "eager ms/f" in table and "comp ms/f" in table
 
 
 

@@ -50,7 +50,7 @@ class RawEngine:
         self.p.stdin.flush()
         while True:
             msg = json.loads(self.p.stdout.readline())
-            if msg.get("event") != "progress":
+            if "event" not in msg:  # progress and compile events come between answers
                 return msg
 
     def close(self):
@@ -70,6 +70,15 @@ def test_ready_line_describes_the_engine(engine):
     assert engine.ready["device"] == "cpu" and engine.ready["batch_size"] == 4
     assert engine.request("ping").wait(10) == {"pong": True}
     assert engine.request("info").wait(10)["model"]["input_range"] == "-1,1"
+
+
+def test_the_compile_state_is_in_the_ready_line_and_info_and_sent_as_an_event(engine):
+    off = {"state": "off", "mode": None, "shapes": [], "seconds": 0}  # auto: compiled on CUDA only
+    assert engine.ready["compile"] == off and engine.request("info").wait(10)["compile"] == off
+    deadline = time.monotonic() + 10
+    while engine.compile.get("event") != "compile" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.compile == {"event": "compile", **off} and not engine.compiling
 
 
 def test_restore_one_frame_matches_the_restorer(engine, tiny_weights, tmp_path):

@@ -112,6 +112,7 @@ class EngineClient:
         self.settings = settings
         self.process: subprocess.Popen | None = None
         self.ready: dict | None = None
+        self.compile: dict | None = None  # the engine's last compile status (protocol.compile_event)
         self._pending: dict = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -138,7 +139,7 @@ class EngineClient:
                               "no_weights")
         self._stderr.clear()
         self._ready_event.clear()
-        self._dead_reason, self.ready = None, None
+        self._dead_reason, self.ready, self.compile = None, None, None
         env = dict(os.environ, PYTHONUNBUFFERED="1", **s.env)
         # Blender sets PYTHONHOME/PYTHONPATH for its own Python; the engine's interpreter must not inherit them
         for var in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP"):
@@ -168,6 +169,11 @@ class EngineClient:
                               f"{protocol.PROTOCOL_VERSION}: install the engine and the add-on from the same "
                               f"release", "protocol_mismatch")
         return self.ready
+
+    @property
+    def compiling(self) -> bool:
+        """Whether the engine is compiling in the background (frames are still served, eagerly)."""
+        return self.alive and (self.compile or {}).get("state") == "compiling"
 
     def ensure_running(self, timeout: float | None = None) -> dict:
         return self.ready if self.alive else self.start(timeout)
@@ -285,8 +291,11 @@ class EngineClient:
                 self._stderr.append(f"(unparsable engine output) {line[:200]!r}")
                 continue
             if message.get("event") == "ready":
-                self.ready = message
+                self.ready, self.compile = message, message.get("compile")
                 self._ready_event.set()
+                continue
+            if message.get("event") == "compile":
+                self.compile = message
                 continue
             with self._lock:
                 req = self._pending.get(message.get("id"))

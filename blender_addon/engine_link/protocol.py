@@ -14,8 +14,11 @@ Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {
            a restore's result: {"items": [{"input", "output", "status": "restored"|"skipped"|"failed", "reason"?,
            "code"?, "mode"?: "whole"|"faces", "faces"?: [{"box", "scale", "score", "landmarks"}], "note"?,
            "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
-Events     {"event": "ready", "ok", "version", "protocol", "device", "model"} first, once;
-           {"id", "event": "progress", "done", "total"} while a restore runs
+Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile"} first, once;
+           {"id", "event": "progress", "done", "total"} while a restore runs;
+           {"event": "compile", "state", "mode", "shapes", "seconds", "cache"?, "message"?} after ready and at each
+           change. state: "off" (eager only), "compiling" (in the background; frames are served eagerly meanwhile),
+           "ready" (compiled code used for `shapes`) or "failed" (eager for good; `message` says why)
 """
 from __future__ import annotations
 
@@ -106,6 +109,11 @@ def _sequence_frame(source: dict, where: str, request_id) -> tuple | None:
         raise ProtocolError(Code.BAD_REQUEST, f"{where}'index' must be a frame number of at least 0, given with "
                                               f"'sequence'", request_id)
     return sequence, index
+
+
+def compile_event(status: dict) -> dict:
+    """status: the engine's compile status, as "compile" in its ready line and info."""
+    return {"event": "compile", **status}
 
 
 def _path(value, where: str, request_id) -> str:

@@ -1,17 +1,22 @@
 """`python -m engine bench`: the reference recipe and the engine's fast path, timed in one process on the same inputs.
 
 Reference = img2img-turbo's way of running the model: LoRA adapters unmerged, eager, fp16 on GPUs (fp32 on CPU).
-Fast = what the engine runs: LoRA merged, fastpath.optimize (channels_last, SDPA, torch.compile with CUDA graphs on
-CUDA). Prints ms per frame, frames/s, peak memory, fast/reference speed-up and the fraction of the compute floor.
+Eager-fast = what the engine serves from the first frame: LoRA merged, SDPA, channels_last, fp16 on GPUs.
+Compiled = eager-fast through torch.compile (max-autotune with CUDA graphs on CUDA), once its compile is done.
+One model is on the device at a time, so each peak memory is that model's own. Also prints the cold start (load plus
+one eager frame: what an artist waits for), the compile time into an empty cache, and the compile time of a restarted
+engine on that cache (measured in a fresh process by engine/benches/restart.py).
 """
 from __future__ import annotations
 
 import copy
+import gc
+import tempfile
 import time
 
 import torch
 
-from ..fastpath import auto_batch_size, count_flops, optimize, peak_tflops
+from ..fastpath import FastForward, auto_batch_size, count_flops, peak_tflops
 from ..model import LoraSpec, merge_lora
 from ..runtime import pick_device, pick_dtype
 
@@ -36,66 +41,106 @@ def build_models(weights: str | None, base: str | None, arch: str, device: torch
     return model.eval().requires_grad_(False), f"random weights ({base or arch})"
 
 
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    merge_lora(model.unet)
+    merge_lora(model.vae)
+    return model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _time(fn, x, repeats: int, device: torch.device) -> tuple[float, float | None]:
     with torch.inference_mode():
-        fn(x)  # warm-up (and compile)
-        fn(x)
+        for _ in range(3):  # warm-up: cuDNN's algorithm search, CUDA graphs recorded on their third call
+            fn(x)
+        _sync(device)
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(repeats):
             fn(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
     seconds = (time.perf_counter() - start) / repeats
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     return seconds, peak
 
 
+@torch.inference_mode()  # inference tensors, as the engine passes: compiled code is guarded on it
+def _inputs(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.rand(batch, 3, size, size, device=device, dtype=dtype) * 2 - 1
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
 def bench(weights=None, base=None, arch="sd-turbo", size=512, batches=(1,), device="auto", dtype="auto",
-          compile_mode="auto", repeats=5, accept_license=False) -> dict:
+          compile_mode="auto", repeats=5, accept_license=False, warm_restart=True) -> dict:
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    reference, label = build_models(weights, base, arch, dev, accept_license)
-    fast_model = copy.deepcopy(reference)
-    merge_lora(fast_model.unet)
-    merge_lora(fast_model.vae)
-    reference = reference.to(dev, dt)
-    fast_model = fast_model.to(dev, dt)
-    fast = optimize(fast_model, dev, compile_mode)
-    flops = count_flops(fast_model, torch.zeros(1, 3, size, size, device=dev, dtype=dt))
+    started = time.perf_counter()
+    model, label = build_models(weights, base, arch, dev, accept_license)
+    load_s = time.perf_counter() - started
+
+    reference = copy.deepcopy(model).to(dev, dt)
+    batch_list = [b if b != "auto" else auto_batch_size(reference, size, dev, dt) for b in batches]
+    rows = [{"batch": b} for b in batch_list]
+    for row in rows:
+        s, row["reference_peak_gib"] = _time(reference, _inputs(row["batch"], size, dev, dt), repeats, dev)
+        row["reference_ms_per_frame"] = 1000 * s / row["batch"]
+    del reference
+    _free(dev)
+
+    with tempfile.TemporaryDirectory() as cache:  # empty: the first compile is a cold one
+        started = time.perf_counter()
+        forward = FastForward(merged(model).to(dev, dt), dev, compile_mode, cache)
+        shapes = [(b, 3, size, size) for b in sorted({1, *batch_list})]  # the engine warms batch 1 up too
+        forward.compile_async(shapes)  # as the engine does, before its first frame
+        with torch.inference_mode():
+            forward(_inputs(1, size, dev, dt))
+        _sync(dev)
+        cold_start_s = load_s + time.perf_counter() - started
+        first_frame_compiled = forward.compiled_calls > 0
+        forward.wait()
+        for row in rows:
+            x = _inputs(row["batch"], size, dev, dt)
+            s, row["eager_peak_gib"] = _time(forward.eager, x, repeats, dev)
+            row["eager_ms_per_frame"] = 1000 * s / row["batch"]
+            if forward.state == "ready":
+                s, row["compiled_peak_gib"] = _time(forward.compiled, x, repeats, dev)
+                row["compiled_ms_per_frame"] = 1000 * s / row["batch"]
+        compile_warm_s = None
+        if forward.state == "ready" and warm_restart:
+            from .restart import measure_in_subprocess
+
+            compile_warm_s = measure_in_subprocess(cache, weights, base, arch, size, [s[0] for s in shapes],
+                                                   str(dev), dtype, compile_mode, accept_license)["seconds"]
+    flops = count_flops(forward.eager, _inputs(1, size, dev, dt))
     peak = peak_tflops(dev)
-    rows = []
-    batch_list = list(batches)
-    if "auto" in batch_list:
-        batch_list = [b if b != "auto" else auto_batch_size(fast_model, size, dev, dt) for b in batch_list]
-    for batch in batch_list:
-        x = torch.rand(batch, 3, size, size, device=dev, dtype=dt) * 2 - 1
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        ref_s, ref_peak = _time(reference, x, repeats, dev)
-        fast_s, fast_peak = _time(fast, x, repeats, dev)
-        row = {"batch": batch, "reference_ms_per_frame": 1000 * ref_s / batch,
-               "fast_ms_per_frame": 1000 * fast_s / batch,
-               "fast_fps": batch / fast_s, "speedup": ref_s / fast_s, "reference_peak_gib": ref_peak,
-               "fast_peak_gib": fast_peak}
+    for row in rows:
+        fast_ms = row.get("compiled_ms_per_frame", row["eager_ms_per_frame"])
+        row.update(fast_ms_per_frame=fast_ms, fast_fps=1000 / fast_ms,
+                   speedup=row["reference_ms_per_frame"] / fast_ms)
         if peak:
-            row["floor_fraction"] = (flops / (peak * 1e12)) / (fast_s / batch)
-        rows.append(row)
+            row["floor_fraction"] = (flops / (peak * 1e12)) / (fast_ms / 1000)
     return {"model": label, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
             "dtype": str(dt).replace("torch.", ""), "size": size, "tflop_per_frame": flops / 1e12,
-            "compile": compile_mode, "rows": rows}
+            "compile": forward.status(), "cold_start_s": cold_start_s, "load_s": load_s,
+            "first_frame_compiled": first_frame_compiled, "compile_cold_s": forward.status()["seconds"] or None,
+            "compile_warm_s": compile_warm_s, "rows": rows}
 
 
 def check_outputs(weights=None, base=None, arch="sd-turbo", size=64, device="auto", dtype="auto") -> float:
-    """Max |fast - eager fp32 reference| on one random frame (in [-1, 1] units)."""
+    """Max |eager fast path - eager fp32 reference| on one random frame (in [-1, 1] units)."""
     dev = pick_device(device)
     reference, _ = build_models(weights, base, arch, dev)
-    fast_model = copy.deepcopy(reference)
-    merge_lora(fast_model.unet)
-    merge_lora(fast_model.vae)
-    fast = optimize(fast_model.to(dev, pick_dtype(dtype, dev)), dev, "auto")
+    fast = FastForward(merged(copy.deepcopy(reference)).to(dev, pick_dtype(dtype, dev)), dev, "off")
     x = torch.rand(1, 3, size, size) * 2 - 1
     with torch.inference_mode():
         expected = reference.float()(x)
@@ -103,13 +148,23 @@ def check_outputs(weights=None, base=None, arch="sd-turbo", size=64, device="aut
     return float((got - expected).abs().max())
 
 
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def print_report(r: dict) -> None:
-    print(f"{r['model']} on {r['device']} ({r['dtype']}, {r['size']} px, compile {r['compile']}), "
+    c = r["compile"]
+    print(f"{r['model']} on {r['device']} ({r['dtype']}, {r['size']} px, compile {c['mode'] or 'off'}), "
           f"{r['tflop_per_frame']:.3f} TFLOP/frame")
-    print(f"{'batch':>5} {'ref ms/f':>9} {'fast ms/f':>10} {'fast fps':>9} {'speed-up':>9} {'peak GiB':>9} "
-          f"{'floor':>7}")
+    print(f"cold start {r['cold_start_s']:.1f} s (load {r['load_s']:.1f} s + one eager frame"
+          f"{', compiled!' if r['first_frame_compiled'] else ''}); compile {_cell(r['compile_cold_s'], '.1f')} s "
+          f"cold, {_cell(r['compile_warm_s'], '.1f')} s on a restart with the cache")
+    print(f"{'batch':>5} {'ref ms/f':>9} {'eager ms/f':>11} {'comp ms/f':>10} {'fps':>8} {'speed-up':>9} "
+          f"{'ref GiB':>8} {'eager GiB':>10} {'comp GiB':>9} {'floor':>6}")
     for row in r["rows"]:
-        peak = f"{row['fast_peak_gib']:.1f}" if row["fast_peak_gib"] is not None else "-"
         floor = f"{row['floor_fraction'] * 100:.0f}%" if "floor_fraction" in row else "-"
-        print(f"{row['batch']:>5} {row['reference_ms_per_frame']:>9.1f} {row['fast_ms_per_frame']:>10.1f} "
-              f"{row['fast_fps']:>9.1f} {row['speedup']:>8.2f}x {peak:>9} {floor:>7}")
+        print(f"{row['batch']:>5} {row['reference_ms_per_frame']:>9.1f} {row['eager_ms_per_frame']:>11.1f} "
+              f"{_cell(row.get('compiled_ms_per_frame'), '.1f'):>10} {row['fast_fps']:>8.1f} "
+              f"{row['speedup']:>8.2f}x {_cell(row['reference_peak_gib'], '.1f'):>8} "
+              f"{_cell(row['eager_peak_gib'], '.1f'):>10} {_cell(row.get('compiled_peak_gib'), '.1f'):>9} "
+              f"{floor:>6}")
