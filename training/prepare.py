@@ -175,7 +175,7 @@ def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int
                                                                     for r in records),
                "no_face": [r["name"] for r in records if r.get("face") is False],
                "failed": {r["name"]: r["reason"] for r in records if r["status"] == "failed"},
-               "test": sum(r["split"] == "test" for r in records), "seed": options.seed}
+               "test": sum(r["split"] == "test" and "file" in r for r in records), "seed": options.seed}
     write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1).encode())
     write_contact_sheet(out, [r for r in records if "file" in r][:8], local.parser)
     return summary
