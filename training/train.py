@@ -222,6 +222,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             acc.wait_for_everyone()
             if interrupt["asked"]:
                 bar.close()
+                acc.end_training()
                 raise KeyboardInterrupt(f"interrupted at step {step}; state saved in {state_path}")
     bar.close()
     acc.end_training()
