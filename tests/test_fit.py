@@ -100,9 +100,10 @@ def test_report_embeds_curves_metrics_grid_and_config(fitted):
 def test_fit_again_skips_finished_stages(fitted, clean, tiny_base, capsys):
     _, _, run = fitted
     before = (run / "restorer.safetensors").read_bytes()
+    (run / "restorer.safetensors").unlink()  # as if the last run was stopped between training and export
     assert main(_fit_args(clean, run, tiny_base)) == 0
     out = capsys.readouterr().out
-    assert "degrade: done" in out and "train: done" in out and "evaluate: done" in out
+    assert "degrade: done" in out and "train: done" in out and "export:" in out and "evaluate: done" in out
     assert (run / "restorer.safetensors").read_bytes() == before
 
 
@@ -222,3 +223,13 @@ def test_step_benchmark_prints_the_memory_plan_for_a_24_gb_card(capsys):
     out = capsys.readouterr().out
     assert "full loss L1 + LPIPS-VGG + Gram" in out
     assert "24 GB card, batch 1: gradient checkpointing off" in out and "batch 4: gradient checkpointing on" in out
+
+
+def test_resuming_trims_losses_logged_after_the_saved_state(tmp_path):
+    from training.train import append_loss_log, trim_loss_log
+
+    log = tmp_path / "losses.jsonl"
+    for step in range(9):  # a crash after step 8, state last saved at step 5
+        append_loss_log(log, {"step": step, "train/loss": 1.0})
+    trim_loss_log(log, 5)
+    assert [r["step"] for r in read_loss_log(log)] == list(range(6))

@@ -98,9 +98,12 @@ def fit(clean_dir: Path, cfg: TrainConfig, test_count: int | None = None, parser
             run.finished("train", time.perf_counter() - start)
         if result["step"] >= cfg.steps:
             run.finished("train", 0.0, trained_steps=result["step"])
-            with atomic_path(run.weights) as tmp:
-                shutil.copyfile(run.out / "latest.safetensors", tmp)
-            log(f"export: {run.weights}")
+    latest = run.out / "latest.safetensors"
+    if run.record.get("trained_steps", -1) >= cfg.steps and (
+            not run.weights.is_file() or run.weights.stat().st_mtime < latest.stat().st_mtime):
+        with atomic_path(run.weights) as tmp:
+            shutil.copyfile(latest, tmp)
+        log(f"export: {run.weights}")
 
     if run.eval_json.is_file() and json.loads(run.eval_json.read_text()).get("step") == run.record.get("trained_steps"):
         log(f"evaluate: done ({run.eval_json})")

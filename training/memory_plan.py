@@ -20,8 +20,9 @@ def needs_checkpointing(resident: int, peak_batch1: int, batch: int, free: int, 
     return predicted > margin * (resident + free)
 
 
-def measure_and_plan(model, loss_fn, device: torch.device, batch: int, size: int, log=print) -> bool:
-    """One forward + backward at batch 1 on random data; the RNG is put back so the run itself is unchanged."""
+def measure_and_plan(model, step_loss, device: torch.device, batch: int, size: int, log=print) -> bool:
+    """One forward + backward at batch 1 on random data (`step_loss(x)` runs the model and the loss as training does,
+    autocast included); the RNG is put back so the run itself is unchanged."""
     if device.type != "cuda":
         return False
     params = model.trainable_parameters()
@@ -31,7 +32,7 @@ def measure_and_plan(model, loss_fn, device: torch.device, batch: int, size: int
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
         x = torch.rand(1, 3, size, size, device=device) * 2 - 1
-        loss_fn(model(x), x).backward()
+        step_loss(x).backward()
         peak = torch.cuda.max_memory_allocated(device)
     for p in params:
         p.grad = None

@@ -156,9 +156,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     core = acc.unwrap_model(model)
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:
-        def one_step_loss(pred, target):
+        def one_step_loss(x):
             with acc.autocast():
-                return recipe_loss(pred, target, perceptual, cfg)[0]
+                return recipe_loss(model(x), x, perceptual, cfg)[0]
         model.train()
         checkpointing = measure_and_plan(core, one_step_loss, acc.device, cfg.batch_size, cfg.size, log)
     if checkpointing:
