@@ -186,7 +186,7 @@ def cmd_fit(a) -> int:
 
     summary = fit(Path(a.clean_dir), train_config(a, pairs=""), a.test_count, a.parser)
     print_summary(summary)
-    return 0
+    return 1 if summary.get("skipped") else 0  # as degrade: the rest was used, but the caller must know
 
 
 def cmd_evaluate(a) -> int:

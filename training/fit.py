@@ -140,4 +140,6 @@ def print_summary(s: dict, out=print) -> None:
         out(f"{side:>10} {m['lpips']:>8.4f} {m['psnr']:>8.2f} {m['ssim']:>8.4f}")
     for name, reason in s["skipped"].items():
         out(f"skipped {name}: {reason}")
+    if s["skipped"]:
+        out(f"{len(s['skipped'])} inputs skipped (exit code 1); the restorer was trained on the rest")
     out(f"weights: {s['weights']}\nreport:  {s['report']}")
