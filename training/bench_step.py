@@ -14,6 +14,7 @@ from engine.weights.base import build_base_from_configs, load_base
 from engine.weights.loading import build_restorer
 from engine.model import LoraSpec
 
+from .memory_plan import needs_checkpointing
 from .perceptual import PerceptualLoss
 from .train import TrainConfig, recipe_loss
 
@@ -47,6 +48,7 @@ def bench_step(batches=(1, 4), size=512, steps=5, device="cuda", checkpointing=(
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated() / 2 ** 30 if dev.type == "cuda" else None
             try:
                 times = []
                 for i in range(steps + 1):
@@ -62,16 +64,26 @@ def bench_step(batches=(1, 4), size=512, steps=5, device="cuda", checkpointing=(
                         times.append(time.perf_counter() - start)
                 peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else None
                 rows.append({"batch": batch, "checkpointing": ckpt, "ms_per_step": 1000 * sum(times) / len(times),
-                             "peak_gib": peak, "size": size, "device": str(dev)})
+                             "peak_gib": peak, "resident_gib": resident, "size": size, "device": str(dev)})
             except torch.OutOfMemoryError:
                 rows.append({"batch": batch, "checkpointing": ckpt, "ms_per_step": None, "peak_gib": "OOM",
                              "size": size, "device": str(dev)})
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"{'batch':>5} {'ckpt':>5} {'ms/step':>9} {'peak GiB':>9}  ({rows[0]['device']}, {rows[0]['size']} px)")
+def print_rows(rows: list[dict], card_gib: float = 24.0) -> None:
+    print(f"{'batch':>5} {'ckpt':>5} {'ms/step':>9} {'peak GiB':>9}  ({rows[0]['device']}, {rows[0]['size']} px, "
+          f"full loss L1 + LPIPS-VGG + Gram, AdamW)")
     for r in rows:
         ms = f"{r['ms_per_step']:.0f}" if r["ms_per_step"] else "-"
         peak = r["peak_gib"] if isinstance(r["peak_gib"], str) else (f"{r['peak_gib']:.1f}" if r["peak_gib"] else "-")
         print(f"{r['batch']:>5} {str(r['checkpointing']):>5} {ms:>9} {peak:>9}")
+    one = next((r for r in rows if r["batch"] == 1 and not r["checkpointing"] and isinstance(r["peak_gib"], float)),
+               None)
+    if one:  # what fit's memory plan would decide from this batch-1 step on a card of card_gib
+        gib = 2 ** 30
+        for batch in sorted({r["batch"] for r in rows}):
+            on = needs_checkpointing(int(one["resident_gib"] * gib), int(one["peak_gib"] * gib), batch,
+                                     int((card_gib - one["resident_gib"]) * gib))
+            print(f"memory plan on a {card_gib:.0f} GB card, batch {batch}: gradient checkpointing "
+                  f"{'on' if on else 'off'}")

