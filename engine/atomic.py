@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 from pathlib import Path
@@ -15,9 +16,19 @@ def atomic_path(target: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, target)
+        _remove_leftovers(target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Temporaries of `target` left by a writer that was killed mid-write (an engine killed during a render): the
+    complete file is in place now, so they are litter."""
+    pattern = f".{glob.escape(target.stem)}.{'?' * 8}.partial{glob.escape(target.suffix)}"
+    for stale in target.parent.glob(pattern):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

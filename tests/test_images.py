@@ -124,3 +124,15 @@ def test_a_frame_just_under_the_limit_passes_the_header_check(tmp_path):
     path.write_bytes(_png_claiming(16_384, MAX_PIXELS // 16_384))
     assert _check_header(path) == "PNG"
     assert MAX_PIXELS * BYTES_PER_PIXEL <= MEMORY_BUDGET <= 8 * 1024 ** 3
+
+
+def test_a_killed_writers_temporaries_are_removed_once_the_file_is_whole(tmp_path):
+    from engine.atomic import write_bytes_atomic
+
+    stale = tmp_path / ".k_0001.bb14c424.partial.png"  # what an engine killed mid-write leaves
+    others = [tmp_path / ".k_0002.0123abcd.partial.png", tmp_path / "k_0001.png.partial", tmp_path / "k_0002.png"]
+    for p in [stale, *others]:
+        p.write_bytes(b"x")
+    write_bytes_atomic(tmp_path / "k_0001.png", b"complete")
+    assert (tmp_path / "k_0001.png").read_bytes() == b"complete" and not stale.exists()
+    assert all(p.exists() for p in others)  # other frames' files, and names not ours, are left alone
