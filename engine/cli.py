@@ -157,10 +157,6 @@ def cmd_bench(a) -> int:
     from .benches.speed import bench, print_report
 
     batches = [b if b == "auto" else int(b) for b in a.batch.split(",")]
-    if a.weights:
-        from .weights.loading import check_license
-
-        check_license(a.weights, a.accept_license)
     r = bench(a.weights, a.base, a.arch, a.size, batches, a.device, a.dtype, a.compile, a.repeats, a.accept_license)
     print(json.dumps(r)) if a.json else print_report(r)
     return 0

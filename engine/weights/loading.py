@@ -65,16 +65,14 @@ def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bo
                   check_base: bool = True, accept_license: bool = False) -> tuple[SplatRestorer, CheckpointInfo]:
     """The restorer `weights` describe (on `base`, else the checkpoint's own), LoRA merged unless `merge=False`.
     Weights under a licence load only when it was accepted (`accept_license` or the environment)."""
-    check_license(weights, accept_license)
+    info = check_license(weights, accept_license)
     if is_checkpoint_file(weights):
         model, info = _load_checkpoint(weights, base, check_base)
     else:
         if base:
             raise CheckpointError(f"weights {weights} carry their own base model (Difix's published layout); "
                                   f"--base {base} does not apply to them")
-        folder = resolve_base(weights, role="weights")
-        info = published.read_recipe(folder, str(weights))
-        model = published.load_published(folder, info)
+        model = published.load_published(resolve_base(weights, role="weights"), info)
     if merge:
         merge_lora(model.unet)
         merge_lora(model.vae)
