@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU rows of README's Speed section, in one run on a CUDA machine (H100 / H200): the engine's reference,
 # eager-fast and compiled timings with cold start and warm-restart compile, then training steps. Raw outputs go to
-# OUT (default gpu_bench/). A cold max-autotune compile takes minutes per batch size: BATCHES trims the list.
+# OUT (default gpu_bench/). A cold compile takes one to two minutes per batch size: BATCHES trims the list.
 #   scripts/gpu_bench.sh [OUT]        PYTHON=.venv/bin/python BATCHES=1,4,8,auto REPEATS=20
 set -euo pipefail
 cd "$(dirname "$0")/.."

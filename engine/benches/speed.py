@@ -2,7 +2,7 @@
 
 Reference = img2img-turbo's way of running the model: LoRA adapters unmerged, eager, fp16 on GPUs (fp32 on CPU).
 Eager-fast = what the engine serves from the first frame: LoRA merged, SDPA, channels_last, fp16 on GPUs.
-Compiled = eager-fast through torch.compile (max-autotune with CUDA graphs on CUDA), once its compile is done.
+Compiled = eager-fast through torch.compile (CUDA graphs, mode reduce-overhead, on CUDA), once its compile is done.
 One model is on the device at a time, so each peak memory is that model's own. Also prints the cold start (load plus
 one eager frame: what an artist waits for), the compile time into an empty cache, and the compile time of a restarted
 engine on that cache (measured in a fresh process by engine/benches/restart.py).
