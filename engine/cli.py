@@ -1,4 +1,4 @@
-"""`python -m engine ...`: the commands (restore, serve, info, bench, bench-protocol, bench-faces, fetch,
+"""`python -m engine ...`: the commands (restore, serve, demo, info, bench, bench-protocol, bench-faces, fetch,
 import-pix2pix-turbo, flicker, bench-temporal); their arguments are in arguments.py.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
@@ -231,7 +231,13 @@ def cmd_serve(a) -> int:
     os._exit(code)
 
 
-COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "info": cmd_info, "bench": cmd_bench,
+def cmd_demo(a) -> int:
+    from .demo import run
+
+    return run(a)
+
+
+COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "bench": cmd_bench,
             "bench-protocol": cmd_bench_protocol, "bench-faces": cmd_bench_faces, "fetch": cmd_fetch,
             "import-pix2pix-turbo": cmd_import, "flicker": cmd_flicker, "bench-temporal": cmd_bench_temporal}
 

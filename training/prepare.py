@@ -46,6 +46,17 @@ def face_crop(image: np.ndarray, frame: FaceFrame | None, size: int) -> np.ndarr
     return (frame or centre_frame(image.shape[1], image.shape[0])).crop(image, size)
 
 
+def crop_with_regions(image: np.ndarray, parser, size: int):
+    """(crop, FaceRegions): the training framing of the face the parser finds, parsed at `size`; else the centre
+    crop as one region (`found` False). The parser "none" always takes the centre, as one region."""
+    if parser.name == "none":
+        crop = face_crop(image, None, size)
+        return crop, parser(crop)
+    frame = parser.locate(image)
+    crop = face_crop(image, frame, size)
+    return crop, (parser(crop) if frame is not None else whole_image(crop, parser.name))
+
+
 def load_rgb8(path: Path) -> np.ndarray:
     frame = read_image(path)
     if min(frame.rgb.shape[:2]) < MIN_SIZE:
@@ -84,13 +95,8 @@ class Preparer:
             image = load_rgb8(path)
         except ImageError as e:
             return {**record, "status": "failed", "reason": str(e)}
-        if self.parser.name == "none":  # no face parsing asked for: centre crop, one region
-            crop = face_crop(image, None, o.size)
-            regions = self.parser(crop)
-        else:
-            frame = self.parser.locate(image)
-            crop = face_crop(image, frame, o.size)
-            regions = self.parser(crop) if frame is not None else whole_image(crop, self.parser.name)
+        crop, regions = crop_with_regions(image, self.parser, o.size)
+        if self.parser.name != "none":
             record["face"] = regions.found
         if not regions.found:
             if o.no_face == "skip":

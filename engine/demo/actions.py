@@ -1,0 +1,215 @@
+"""What the web page does, without the page: restore uploads, degrade a clean face and restore it, restore a
+sequence per frame and with temporal fusion. One loaded FrameRestorer (the one `serve` uses: fast path, buckets,
+face-aware restore) serves them all; a lock keeps model calls one at a time whatever the web server's threads do.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..atomic import write_bytes_atomic
+from ..images import encode_image
+from ..temporal.fusion import TemporalFusion
+from .uploads import UploadError, display_name, load_image, sequence_frames, zip_bytes
+
+Progress = Callable[[float, str], None]
+
+
+def _quiet(fraction: float, text: str) -> None:
+    pass
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def safe_stem(name: str) -> str:
+    """A file stem that is safe on every OS from whatever name a browser sent."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem).strip("._")
+    return stem[:80] or "image"
+
+
+@dataclass
+class Restored:
+    name: str
+    before: np.ndarray  # uint8 RGB, for the page
+    after: np.ndarray
+    path: Path  # the restored PNG (with the model's provenance text), for download
+    note: str = ""
+
+
+@dataclass
+class DegradeResult:
+    clean: np.ndarray  # uint8 RGB crops at the model's size
+    degraded: np.ndarray
+    restored: np.ndarray
+    metrics: dict  # {"degraded": {...}, "restored": {...}}: LPIPS (None if unavailable), PSNR, SSIM vs clean
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SequenceResult:
+    names: list[str]
+    inputs: list[np.ndarray]  # uint8 RGB
+    per_frame: list[np.ndarray]
+    temporal: list[np.ndarray]
+    flicker: dict  # series name -> per-frame warping error (8-bit levels), frames 1..n-1
+    means: dict  # series name -> mean of it
+    archive: Path  # per_frame/ and temporal/ PNGs
+
+
+class DemoActions:
+    def __init__(self, frames, workdir: str | Path | None = None, share_folder: str | Path | None = None):
+        self.frames = frames  # faces.restore.FrameRestorer
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splat-restore-demo-"))
+        self.share_folder = Path(share_folder) if share_folder else None
+        self.lock = threading.Lock()
+        self._parser = None
+        self._perceptual = None
+
+    # -- restore -------------------------------------------------------------------------------------------------
+    def restore(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> list[Restored]:
+        if not paths:
+            raise UploadError("no image uploaded")
+        frames = [(display_name(p), load_image(p)) for p in paths]  # every upload checked before the first model call
+        run, results = self._run_folder(), []
+        for k, (name, frame) in enumerate(frames):
+            progress(k / len(frames), f"restoring {name}")
+            with self.lock:
+                result = self.frames.restore([frame.rgb], [faces])[0]
+            rgb = frame.rgb if result.rgb is None else result.rgb  # only-crops is not offered on the page
+            png = encode_image(frame, rgb, ".png", self.frames.provenance)
+            path = self._keep(run, f"{safe_stem(name)}_restored.png", png)
+            results.append(Restored(name, to_uint8(frame.rgb), to_uint8(rgb), path, result.note))
+        progress(1.0, "done")
+        return results
+
+    def _run_folder(self) -> Path:
+        """A new folder for one action's results (served for download until the page is stopped)."""
+        with self.lock:
+            folder = _unused(self.workdir / time.strftime("%Y%m%d-%H%M%S"))
+            folder.mkdir(parents=True)
+        return folder
+
+    def _keep(self, run: Path, filename: str, data: bytes) -> Path:
+        """Written atomically into `run` and into the share folder, if any, where an existing file is never
+        replaced: a second result of the same name gets a numbered name."""
+        path = _unused(run / filename)
+        write_bytes_atomic(path, data)
+        if self.share_folder is not None:
+            self.share_folder.mkdir(parents=True, exist_ok=True)
+            with self.lock:
+                write_bytes_atomic(_unused(self.share_folder / filename), data)
+        return path
+
+    # -- degrade -> restore -----------------------------------------------------------------------------------------
+    def degrade_restore(self, path, seed: int = 0, progress: Progress = _quiet) -> DegradeResult:
+        from training.degrade import DegradeConfig, degrade
+        from training.prepare import crop_with_regions
+        from training.face_regions import whole_image
+
+        frame = load_image(path)
+        image = to_uint8(frame.rgb)
+        progress(0.1, "finding the face")
+        parser, notes = self._face_parser()
+        with self.lock:  # mediapipe's graphs are not for two threads at once either
+            crop, regions = crop_with_regions(image, parser, self.frames.size)
+        if not regions.found:
+            regions = whole_image(crop, parser.name)
+            notes.append("no face found: the centre was cropped and degraded as one region")
+        progress(0.3, "degrading")
+        face_size = max(regions.box[2:]) if regions.found else None
+        degraded, _, _ = degrade(crop, regions.masks, int(seed), DegradeConfig(), face_size)
+        progress(0.5, "restoring")
+        with self.lock:
+            restored = self.frames.restore([degraded.astype(np.float32) / 255], ["off"])[0].rgb
+        progress(0.8, "measuring")
+        metrics, note = self._metrics(crop, {"degraded": degraded.astype(np.float32) / 255, "restored": restored})
+        if note:
+            notes.append(note)
+        return DegradeResult(crop, degraded, to_uint8(restored), metrics, notes)
+
+    def _face_parser(self):
+        from training.face_regions import make_parser
+
+        if self._parser is None:
+            self._parser = make_parser("auto")
+        parser, why = self._parser
+        return parser, ([] if parser.name != "none" else [f"face parser: {why}"])
+
+    def _metrics(self, clean: np.ndarray, images: dict) -> tuple[dict, str]:
+        """LPIPS-VGG (the training loss's, v0.1), PSNR and SSIM (BasicSR's convention) of each image vs clean."""
+        from training.evaluate import psnr, ssim
+
+        clean_f = clean.astype(np.float32) / 255
+        metrics = {k: {"lpips": None, "psnr": psnr(v, clean_f), "ssim": ssim(v, clean_f)} for k, v in images.items()}
+        note = ""
+        try:
+            lpips = self._lpips()
+        except Exception as e:  # noqa: BLE001 - e.g. VGG weights missing: PSNR/SSIM still shown
+            return metrics, f"LPIPS unavailable: {e}"
+        with self.lock:
+            for k, v in images.items():
+                metrics[k]["lpips"] = lpips(v, clean_f)
+        return metrics, note
+
+    def _lpips(self):
+        import torch
+
+        from training.perceptual import PerceptualLoss
+
+        if self._perceptual is None:
+            self._perceptual = PerceptualLoss().to(self.frames.restorer.device).eval()
+        perceptual, device = self._perceptual, self.frames.restorer.device
+
+        def tensor(a):
+            return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].to(device) * 2 - 1
+
+        @torch.no_grad()
+        def lpips(a, b) -> float:
+            return float(perceptual.lpips(perceptual.features(tensor(a)), perceptual.features(tensor(b)))[0])
+        return lpips
+
+    # -- sequence ---------------------------------------------------------------------------------------------------
+    def sequence(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> SequenceResult:
+        from ..temporal.flicker import measure
+
+        named = sequence_frames(paths)
+        per_frame, temporal, files = [], [], {}  # outputs kept as 8-bit and as encoded PNGs, not as float
+        fusion = TemporalFusion()
+        for k, (name, frame) in enumerate(named):
+            progress(0.8 * k / len(named), f"restoring frame {k + 1} of {len(named)}")
+            with self.lock:
+                restored = self.frames.restore([frame.rgb], [faces])[0].rgb
+            per_frame.append(to_uint8(restored))
+            files[f"per_frame/{k:04d}_{safe_stem(name)}.png"] = encode_image(frame, restored, ".png",
+                                                                            self.frames.provenance)
+            fused = fusion.fuse(frame.rgb, restored)  # writes into `restored`, used above already
+            temporal.append(to_uint8(fused))
+            files[f"temporal/{k:04d}_{safe_stem(name)}.png"] = encode_image(frame, fused, ".png",
+                                                                           self.frames.provenance)
+        progress(0.85, "measuring flicker")
+        inputs = [f.rgb for _, f in named]
+        plain = measure((x.astype(np.float32) / 255 for x in per_frame), inputs)
+        steady = measure((x.astype(np.float32) / 255 for x in temporal), inputs)
+        flicker = {"input": plain.reference, "per-frame": plain.frames, "temporal": steady.frames}
+        means = {k: float(np.mean(v)) for k, v in flicker.items()}
+        archive = self._keep(self._run_folder(), "sequence_restored.zip", zip_bytes(files))
+        return SequenceResult([n for n, _ in named], [to_uint8(x) for x in inputs], per_frame, temporal, flicker,
+                              means, archive)
+
+
+def _unused(path: Path) -> Path:
+    k = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate

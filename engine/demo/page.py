@@ -1,0 +1,168 @@
+"""The Gradio page: three tabs over DemoActions. Gradio is imported here only (the `demo` extra).
+
+Every handler shows a refused upload or a failed restore as one sentence naming the file and the problem in its
+tab's status box, never a stack trace (the server's log keeps the trace of unexpected failures).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # studios run this offline: no phoning home
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .actions import DemoActions  # noqa: E402
+from .uploads import MAX_FRAMES, MAX_PIXELS, UploadError  # noqa: E402
+
+FACES = [("Faces (large frames: each face at the model's size)", "auto"), ("Whole frame", "off")]
+# system fonts: the default theme's web fonts would be fetched from the internet by every visitor's browser
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+class Refused(Exception):
+    """A request the page turns down (no licence accepted yet); str() is shown."""
+
+
+def _guard(outputs: int, status: int):
+    """A handler whose refusals and failures come back as one readable line in its status box (output `status`
+    of `outputs`), its other outputs cleared so no earlier result stands beside the error; never a stack trace
+    (the server's log keeps the trace of unexpected failures)."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except (UploadError, Refused) as e:
+                message = str(e)
+            except Exception as e:  # noqa: BLE001 - the page must stay up and say what happened
+                traceback.print_exc(file=sys.stderr)
+                message = f"restore failed: {type(e).__name__}: {e}"
+            cleared = [None] * outputs
+            cleared[status] = f"**Error:** {message}"
+            return tuple(cleared)
+        return run
+    return wrap
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        return []
+    return [getattr(f, "name", f) for f in (files if isinstance(files, list) else [files])]
+
+
+def _metrics_table(metrics: dict) -> str:
+    def cell(v, spec):
+        return "n/a" if v is None else format(v, spec)
+    rows = [f"| {name} | {cell(m['lpips'], '.4f')} | {cell(m['psnr'], '.2f')} | {cell(m['ssim'], '.4f')} |"
+            for name, m in metrics.items()]
+    return "\n".join(["| against the clean image | LPIPS ↓ | PSNR (dB) ↑ | SSIM ↑ |", "|---|---|---|---|", *rows])
+
+
+def _side_by_side(*images: np.ndarray, max_width: int = 1536) -> np.ndarray:
+    row = np.concatenate(images, axis=1)
+    step = max(1, -(-row.shape[1] // max_width))  # every step-th pixel: a preview, the zip holds the full frames
+    return row[::step, ::step]
+
+
+def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
+    """`license`: engine_link.licenses.License of the loaded weights, or None."""
+    def check_license(accepted: bool) -> None:
+        if license is not None and not accepted:
+            raise Refused(f"accept the {license.name} above before the first restore")
+
+    @_guard(outputs=5, status=3)
+    def restore(files, faces, accepted, progress=gr.Progress()):
+        check_license(accepted)
+        results = actions.restore(_paths(files), faces, lambda f, d: progress(f, desc=d))
+        notes = [f"{r.name}: {r.note}" for r in results if r.note]
+        status = f"Restored {len(results)} image{'s' * (len(results) != 1)}." + "".join(f"\n\n{n}" for n in notes)
+        return ((results[0].before, results[0].after), [(r.after, r.name) for r in results],
+                [str(r.path) for r in results], status, [(r.before, r.after) for r in results])
+
+    def pick(pairs, evt: gr.SelectData):
+        return pairs[evt.index] if pairs and evt.index is not None and evt.index < len(pairs) else gr.skip()
+
+    @_guard(outputs=4, status=3)
+    def degrade(file, seed, accepted, progress=gr.Progress()):
+        check_license(accepted)
+        if not file:
+            raise UploadError("no image uploaded: drop a clean face photo or render")
+        r = actions.degrade_restore(_paths(file)[0], int(seed or 0),
+                                    lambda f, d: progress(f, desc=d))
+        text = _metrics_table(r.metrics) + "".join(f"\n\n{n}" for n in r.notes)
+        return r.degraded, r.restored, r.clean, text
+
+    @_guard(outputs=4, status=3)
+    def sequence(files, faces, accepted, progress=gr.Progress()):
+        check_license(accepted)
+        import pandas as pd
+
+        r = actions.sequence(_paths(files), faces, lambda f, d: progress(f, desc=d))
+        gallery = [(_side_by_side(i, p, t), name) for i, p, t, name in zip(r.inputs, r.per_frame, r.temporal, r.names)]
+        plot = pd.DataFrame([{"frame": k + 1, "flicker (8-bit levels)": e, "series": series}
+                             for series, errors in r.flicker.items() for k, e in enumerate(errors)])
+        means = ", ".join(f"{k} {v:.3f}" for k, v in r.means.items())
+        ratio = r.means["temporal"] / r.means["per-frame"] if r.means["per-frame"] > 0 else float("nan")
+        text = (f"{len(r.names)} frames. Mean warping error against the frame before (8-bit levels): {means}; "
+                f"temporal / per-frame = {ratio:.2f}. Each row: input | per-frame | temporal.")
+        return gallery, plot, str(r.archive), text
+
+    with gr.Blocks(title="Splat Restore") as page:
+        gr.Markdown(f"# Splat Restore\nSingle-step diffusion restorer for Gaussian-splatting avatar renders. "
+                    f"Model: `{model}`.")
+        accepted = gr.Checkbox(value=license is None, visible=license is not None, elem_id="accept-license",
+                               label=f"I accept the {license.name}" if license else "licence")
+        if license is not None:
+            gr.Markdown(f"**These weights are under the [{license.name}]({license.url})**: {license.terms}. "
+                        f"Tick the box to accept it before the first restore.", elem_id="license-text")
+        with gr.Tab("Restore"):
+            with gr.Row():
+                with gr.Column():
+                    files = gr.File(label="Renders (PNG, JPEG, TIFF, WebP)", file_count="multiple",
+                                    elem_id="restore-input")
+                    faces = gr.Radio(FACES, value="auto", label="Restore")
+                    go = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                    status = gr.Markdown(elem_id="restore-status")
+                with gr.Column():
+                    slider = gr.ImageSlider(label="before | after", type="numpy", elem_id="restore-slider")
+                    gallery = gr.Gallery(label="restored (click to compare)", columns=4, elem_id="restore-gallery")
+                    downloads = gr.File(label="Download", file_count="multiple", elem_id="restore-downloads")
+            pairs = gr.State([])
+            go.click(restore, [files, faces, accepted], [slider, gallery, downloads, status, pairs])
+            gallery.select(pick, pairs, slider)
+        with gr.Tab("Degrade → Restore"):
+            with gr.Row():
+                with gr.Column():
+                    clean = gr.File(label="A clean face photo or render", elem_id="degrade-input")
+                    seed = gr.Number(value=7, precision=0, label="Degradation seed")
+                    go = gr.Button("Degrade and restore", variant="primary", elem_id="degrade-button")
+                    metrics = gr.Markdown(elem_id="degrade-metrics")
+                with gr.Column():
+                    with gr.Row():
+                        shown = [gr.Image(label=label, type="numpy", interactive=False, height=320,
+                                          elem_id=f"degrade-{key}")
+                                 for key, label in (("degraded", "degraded (the training degradation)"),
+                                                    ("restored", "restored"), ("clean", "clean"))]
+            go.click(degrade, [clean, seed, accepted], [*shown, metrics])
+        with gr.Tab("Sequence"):
+            with gr.Row():
+                with gr.Column():
+                    frames = gr.File(label=f"Frames (several images, or one zip; at most {MAX_FRAMES})",
+                                     file_count="multiple", elem_id="sequence-input")
+                    faces_seq = gr.Radio(FACES, value="auto", label="Restore")
+                    go = gr.Button("Restore per frame and temporal", variant="primary", elem_id="sequence-button")
+                    summary = gr.Markdown(elem_id="sequence-summary")
+                    archive = gr.File(label="Download (per_frame/ and temporal/)", elem_id="sequence-download")
+                with gr.Column():
+                    plot = gr.LinePlot(x="frame", y="flicker (8-bit levels)", color="series",
+                                       title="Flicker: warping error against the frame before")
+                    strip = gr.Gallery(label="input | per-frame | temporal", columns=1, object_fit="contain",
+                                       elem_id="sequence-gallery")
+            go.click(sequence, [frames, faces_seq, accepted], [strip, plot, archive, summary])
+        gr.Markdown(f"Uploads: at most {MAX_PIXELS / 1e6:.1f} megapixels an image. Results stay on this machine.")
+    return page
