@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = {"torch", "diffusers", "peft", "transformers", "safetensors", "cv2", "mediapipe", "lpips"}
+HEAVY = {"torch", "diffusers", "peft", "transformers", "safetensors", "cv2", "mediapipe", "lpips", "gradio"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -71,6 +71,9 @@ def run(a) -> int:
         page.launch(server_name=a.host, server_port=a.port, max_file_size=f"{a.max_upload_mb or MAX_UPLOAD_MB}mb",
                     theme=THEME, allowed_paths=[str(actions.workdir)], ssr_mode=False, show_error=False,
                     footer_links=[])
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        print(f"error: cannot listen on {a.host}:{a.port}: {e}; pick another with --port", file=sys.stderr)
+        return 1
     finally:
         frames.close()
     return 0

@@ -6,6 +6,7 @@ tab's status box, never a stack trace (the server's log keeps the trace of unexp
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import sys
 import traceback
@@ -135,7 +136,8 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
             pairs = gr.State([])
             go.click(restore, [files, faces, accepted], [slider, gallery, downloads, status, pairs])
             gallery.select(pick, pairs, slider)
-        with gr.Tab("Degrade → Restore"):
+        # the degradation lives in training/, which an engine installed from Blender's preferences lacks
+        with gr.Tab("Degrade → Restore", visible=importlib.util.find_spec("training") is not None):
             with gr.Row():
                 with gr.Column():
                     clean = gr.File(label="A clean face photo or render", elem_id="degrade-input")

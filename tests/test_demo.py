@@ -1,0 +1,221 @@
+"""The web page's work without a browser: uploads refused with reasons, restores kept and shared, degrade -> restore
+with metrics, sequences with their flicker, the licence gate. The page itself in Chromium: test_demo_browser.py."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+
+from engine.demo import is_loopback, network_warning  # noqa: E402
+from engine.demo.actions import DemoActions, safe_stem  # noqa: E402
+from engine.demo.uploads import UploadError, load_image, sequence_frames  # noqa: E402
+
+
+def png(path, rgb: np.ndarray):
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def noise(h=48, w=80, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def frames(tiny_weights):
+    from engine.faces.restore import FrameRestorer
+    from engine.runtime import Restorer
+
+    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", compile="off")
+    frames = FrameRestorer(restorer)
+    yield frames
+    frames.close()
+
+
+@pytest.mark.parametrize("name, data, problem", [
+    ("broken.png", None, "broken.png: PNG data is corrupt or truncated"),
+    ("notes.png", b"just some text, no pixels", "notes.png: not an image"),
+    ("render.exr", b"v/1\x01" + b"\0" * 64, "render.exr: EXR/HDR (scene-linear float) is not supported"),
+    ("empty.png", b"", "empty.png: file is empty"),
+])
+def test_bad_uploads_are_refused_naming_the_file(tmp_path, name, data, problem):
+    if data is None:
+        data = (png(tmp_path / "ok.png", noise())).read_bytes()[:60]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(UploadError) as e:
+        load_image(tmp_path / name)
+    assert str(e.value).startswith(problem)
+    assert str(tmp_path) not in str(e.value)  # the visitor's file name, not the server's temporary path
+
+
+def test_a_huge_image_is_refused_from_its_header(tmp_path):
+    Image.new("1", (5000, 4000)).save(tmp_path / "huge.png")  # 20 megapixels in a few kB
+    with pytest.raises(UploadError, match=r"huge.png: 5000x4000 is too large for this page \(at most 16.8 "
+                                          r"megapixels\); restore it with `python -m engine restore`"):
+        load_image(tmp_path / "huge.png")
+
+
+def zip_of(path, members: dict):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def png_bytes(rgb):
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_sequences_come_from_files_and_zips_in_natural_order_and_nothing_escapes(tmp_path):
+    a = zip_of(tmp_path / "shot.zip", {"shot/f_10.png": png_bytes(noise(seed=10)),
+                                       "shot/f_2.png": png_bytes(noise(seed=2)),
+                                       "../../escape_1.png": png_bytes(noise(seed=1)),
+                                       "__MACOSX/shot/._f_2.png": b"resource fork", "shot/.hidden.png": b"x",
+                                       "shot/readme.txt": b"not a frame"})
+    named = sequence_frames([a])
+    # hidden, resource-fork, non-image and ../ members are left out; the rest in natural order
+    assert [n for n, _ in named] == ["shot.zip/shot/f_2.png", "shot.zip/shot/f_10.png"]
+    assert np.array_equal(np.rint(named[0][1].rgb * 255).astype(np.uint8), noise(seed=2))
+    assert not (tmp_path.parent / "escape_1.png").exists() and not list(tmp_path.parent.glob("*/escape_1.png"))
+    loose = [png(tmp_path / f"f_{k}.png", noise(seed=k)) for k in (3, 1, 2)]
+    assert [n for n, _ in sequence_frames(loose)] == ["f_1.png", "f_2.png", "f_3.png"]
+
+
+def test_bad_sequences_are_refused_with_the_reason(tmp_path, monkeypatch):
+    import engine.demo.uploads as uploads
+
+    one = png(tmp_path / "a_1.png", noise())
+    with pytest.raises(UploadError, match="at least 2 frames"):
+        sequence_frames([one])
+    other = png(tmp_path / "a_2.png", noise(h=40))
+    with pytest.raises(UploadError, match=r"a_2.png: 80x40, but a_1.png is 80x48: a sequence's frames must share"):
+        sequence_frames([one, other])
+    with pytest.raises(UploadError, match=r"bad.zip: not a readable zip"):
+        sequence_frames([tmp_path.joinpath("bad.zip").write_bytes(b"PK\x03\x04 nope") and tmp_path / "bad.zip"])
+    with pytest.raises(UploadError, match=r"text.zip: the zip holds no images"):
+        sequence_frames([zip_of(tmp_path / "text.zip", {"a.txt": b"x"})])
+    bomb = zip_of(tmp_path / "bomb.zip", {f"f_{k}.png": png_bytes(noise()) for k in range(3)})
+    monkeypatch.setattr(uploads, "MAX_ZIP_BYTES", 1000)  # as a zip bomb's directory would claim, before extracting
+    with pytest.raises(UploadError, match=r"bomb.zip: its images unpack to more than"):
+        sequence_frames([bomb])
+    monkeypatch.setattr(uploads, "MAX_FRAMES", 2)
+    with pytest.raises(UploadError, match=r"bomb.zip: 3 frames; this page takes at most 2"):
+        sequence_frames([bomb])
+
+
+def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shared_file(frames, tmp_path):
+    share = tmp_path / "share"
+    actions = DemoActions(frames, tmp_path / "work", share)
+    paths = [png(tmp_path / "shot 1.png", noise(64, 64)), png(tmp_path / "wide.png", noise(48, 80, seed=1))]
+    seen = []
+    results = actions.restore(paths, "off", lambda f, text: seen.append((f, text)))
+    assert [r.name for r in results] == ["shot 1.png", "wide.png"]
+    for r, rgb in zip(results, (noise(64, 64), noise(48, 80, seed=1))):
+        out = Image.open(r.path)
+        assert out.size == (rgb.shape[1], rgb.shape[0]) and r.after.shape == rgb.shape
+        assert out.text["Splat Restore model"] == frames.restorer.info.source
+        assert np.array_equal(r.before, rgb) and not np.array_equal(r.after, rgb)  # the tiny model changes it
+    assert results[0].path.name == "shot_1_restored.png"
+    assert seen[-1] == (1.0, "done") and seen[0][1] == "restoring shot 1.png"
+    again = actions.restore(paths[:1], "off")
+    assert sorted(p.name for p in share.iterdir()) == ["shot_1_restored-2.png", "shot_1_restored.png",
+                                                      "wide_restored.png"]
+    assert again[0].path.parent != results[0].path.parent  # each run its own folder
+    assert not list(share.glob(".*"))  # no temporaries left
+
+
+def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path):
+    actions = DemoActions(frames, tmp_path / "work")
+    good = png(tmp_path / "good.png", noise())
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(UploadError, match="bad.png"):
+        actions.restore([good, tmp_path / "bad.png"])
+    assert not list((tmp_path / "work").rglob("*.png"))
+
+
+def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(frames, tmp_path):
+    from engine.faces.bundled import bundled_faces
+
+    photo = png(tmp_path / "hopper.png", bundled_faces()["grace_hopper"])
+    actions = DemoActions(frames, tmp_path / "work")
+    first = actions.degrade_restore(photo, seed=7)
+    side = frames.size
+    assert first.clean.shape == first.degraded.shape == first.restored.shape == (side, side, 3)
+    assert not np.array_equal(first.degraded, first.clean)
+    for name in ("degraded", "restored"):
+        m = first.metrics[name]
+        assert m["lpips"] is not None and m["lpips"] >= 0 and np.isfinite(m["psnr"]) and -1 <= m["ssim"] <= 1
+    assert first.metrics["degraded"]["psnr"] < 60  # the degradation did something
+    again = actions.degrade_restore(photo, seed=7)
+    other = actions.degrade_restore(photo, seed=8)
+    assert np.array_equal(again.degraded, first.degraded) and not np.array_equal(other.degraded, first.degraded)
+    assert again.metrics == first.metrics
+
+
+def test_a_sequence_is_restored_per_frame_and_fused_with_its_flicker_measured(frames, tmp_path):
+    from engine.temporal.bench import moving_face
+
+    shot = [png(tmp_path / f"f_{k + 1}.png", np.rint(f * 255).astype(np.uint8))
+            for k, f in enumerate(moving_face(frames=5, size=64))]
+    actions = DemoActions(frames, tmp_path / "work")
+    r = actions.sequence(shot[::-1], "off")  # uploaded in any order, restored in name order
+    assert r.names == [f"f_{k}.png" for k in range(1, 6)]
+    assert {k: len(v) for k, v in r.flicker.items()} == {"input": 4, "per-frame": 4, "temporal": 4}
+    assert r.means["temporal"] < r.means["per-frame"]  # the point of the tab
+    with zipfile.ZipFile(r.archive) as z:
+        names = sorted(z.namelist())
+        assert names[:5] == [f"per_frame/{k:04d}_f_{k + 1}.png" for k in range(5)]
+        assert names[5:] == [f"temporal/{k:04d}_f_{k + 1}.png" for k in range(5)]
+        first = np.array(Image.open(io.BytesIO(z.read(names[0]))))
+    assert np.array_equal(first, r.per_frame[0])
+    assert np.array_equal(r.per_frame[0], r.temporal[0])  # the first frame has nothing before it
+
+
+def test_the_page_asks_for_the_licence_before_the_first_restore(tmp_path, monkeypatch):
+    from tiny_base import make_tiny_difix
+
+    from blender_addon.engine_link.licenses import NVIDIA_DIFIX
+    from engine.demo.page import build_page
+    from engine.faces.restore import FrameRestorer
+    from engine.runtime import Restorer
+
+    monkeypatch.delenv("SPLAT_RESTORE_ACCEPT_LICENSE", raising=False)
+    restorer = Restorer.from_pretrained(make_tiny_difix(tmp_path / "difix"), accept_license=True, device="cpu",
+                                        compile="off")
+    page = build_page(DemoActions(FrameRestorer(restorer), tmp_path / "work"), "nvidia/difix", NVIDIA_DIFIX)
+    restore = next(f.fn for f in page.fns.values() if f.name == "restore")
+    image = str(png(tmp_path / "render.png", noise(64, 64)))
+    refused = restore([image], "off", False)
+    assert refused[3] == "**Error:** accept the NVIDIA License above before the first restore"
+    assert all(v is None for k, v in enumerate(refused) if k != 3)
+    assert not list((tmp_path / "work").rglob("*.png"))
+    done = restore([image], "off", True)
+    assert done[3].startswith("Restored 1 image") and Image.open(done[2][0]).text["Splat Restore license"]
+
+
+def test_only_loopback_is_quiet_and_names_are_safe():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("studio-box")
+    assert "anyone who can reach this machine" in network_warning("0.0.0.0", 7860)
+    assert safe_stem("../../x y.png") == "x_y" and safe_stem("..png") == "image" and safe_stem("Kopf é.jpg") == "Kopf_é"
+
+
+def test_a_taken_port_is_one_error_line_after_the_network_warning(tiny_weights):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "engine", "demo", "--weights", str(tiny_weights), "--device", "cpu",
+                            "--compile", "off", "--host", "0.0.0.0", "--port", str(port)],
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert f"WARNING: the demo listens on 0.0.0.0:{port}" in r.stderr
+    assert f"error: cannot listen on 0.0.0.0:{port}" in r.stderr and "Traceback" not in r.stderr
