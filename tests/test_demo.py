@@ -128,13 +128,16 @@ def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shar
     assert not list(share.glob(".*"))  # no temporaries left
 
 
-def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path):
+def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path, monkeypatch):
     actions = DemoActions(frames, tmp_path / "work")
     good = png(tmp_path / "good.png", noise())
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(UploadError, match="bad.png"):
         actions.restore([good, tmp_path / "bad.png"])
     assert not list((tmp_path / "work").rglob("*.png"))
+    monkeypatch.setattr("engine.demo.actions.MAX_IMAGES", 1)
+    with pytest.raises(UploadError, match="2 images; this page restores at most 1 at a time"):
+        actions.restore([good, good])
 
 
 def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(frames, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 from ..atomic import write_bytes_atomic
 from ..images import encode_image
 from ..temporal.fusion import TemporalFusion
-from .uploads import UploadError, display_name, load_image, sequence_frames, zip_bytes
+from .uploads import MAX_IMAGES, UploadError, display_name, load_image, sequence_frames, zip_bytes
 
 Progress = Callable[[float, str], None]
 
@@ -78,6 +78,9 @@ class DemoActions:
     def restore(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> list[Restored]:
         if not paths:
             raise UploadError("no image uploaded")
+        if len(paths) > MAX_IMAGES:
+            raise UploadError(f"{len(paths)} images; this page restores at most {MAX_IMAGES} at a time (a folder "
+                              f"of renders: `python -m engine restore FOLDER -o OUT`)")
         frames = [(display_name(p), load_image(p)) for p in paths]  # every upload checked before the first model call
         run, results = self._run_folder(), []
         for k, (name, frame) in enumerate(frames):

@@ -105,7 +105,8 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
 
         r = actions.sequence(_paths(files), faces, lambda f, d: progress(f, desc=d))
         gallery = [(_side_by_side(i, p, t), name) for i, p, t, name in zip(r.inputs, r.per_frame, r.temporal, r.names)]
-        plot = pd.DataFrame([{"frame": k + 1, "flicker (8-bit levels)": e, "series": series}
+        # error k is frame k + 2 (counting from 1) against frame k + 1
+        plot = pd.DataFrame([{"frame": k + 2, "flicker (8-bit levels)": e, "series": series}
                              for series, errors in r.flicker.items() for k, e in enumerate(errors)])
         means = ", ".join(f"{k} {v:.3f}" for k, v in r.means.items())
         ratio = r.means["temporal"] / r.means["per-frame"] if r.means["per-frame"] > 0 else float("nan")

@@ -19,6 +19,7 @@ from ..images import Frame, ImageError, header_size, read_image
 
 MAX_UPLOAD_MB = 64  # per file, enforced by the web server before our code sees the upload
 MAX_PIXELS = 4096 * 4096  # per image on the page (the CLI takes up to images.MAX_PIXELS)
+MAX_IMAGES = 64  # per restore: one job should not hold the queue for long
 MAX_FRAMES = 240  # per sequence: ten seconds at 24 fps
 MAX_SEQUENCE_PIXELS = 100_000_000  # all its frames together: 48 frames at 1080p, 240 at 640x640 (about 2 GB held)
 MAX_ZIP_BYTES = 1024 ** 3  # uncompressed, per zip: a zip bomb is refused from its directory, before extracting
