@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,4 +77,5 @@ def run(a) -> int:
         return 1
     finally:
         frames.close()
+        shutil.rmtree(actions.workdir, ignore_errors=True)  # the downloads; --share-folder keeps its copies
     return 0

@@ -114,7 +114,9 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                 f"temporal / per-frame = {ratio:.2f}. Each row: input | per-frame | temporal.")
         return gallery, plot, str(r.archive), text
 
-    with gr.Blocks(title="Splat Restore") as page:
+    # Gradio's copies of uploads and results: checked hourly, dropped after a day, so a page left running for weeks
+    # does not fill the disk
+    with gr.Blocks(title="Splat Restore", delete_cache=(3600, 86400)) as page:
         gr.Markdown(f"# Splat Restore\nSingle-step diffusion restorer for Gaussian-splatting avatar renders. "
                     f"Model: `{model}`.")
         accepted = gr.Checkbox(value=license is None, visible=license is not None, elem_id="accept-license",
