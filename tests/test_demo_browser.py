@@ -44,16 +44,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def demo(tiny_weights, tmp_path_factory):
-    """(url, log lines, share folder) of a demo running in its own process, as a user starts it."""
-    share = tmp_path_factory.mktemp("share")
+def start_demo(weights, *extra: str):
+    """(url, log lines, process) of a demo running in its own process, as a user starts it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "demo", "--weights", str(tiny_weights), "--port",
-                             str(port), "--device", "cpu", "--compile", "off", "--share-folder", str(share),
-                             "--max-upload-mb", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "demo", "--weights", str(weights), "--port", str(port),
+                             "--device", "cpu", "--compile", "off", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env={k: v for k, v in dict(os.environ, PYTHONUNBUFFERED="1").items()
+                                 if k != "SPLAT_RESTORE_ACCEPT_LICENSE"})
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -63,12 +61,24 @@ def demo(tiny_weights, tmp_path_factory):
             proc.kill()
             pytest.fail("the demo did not start:\n" + "".join(lines))
         time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}/", lines, share
+    return f"http://127.0.0.1:{port}/", lines, proc
+
+
+def stop(proc) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_weights, tmp_path_factory):
+    """(url, log lines, share folder)"""
+    share = tmp_path_factory.mktemp("share")
+    url, lines, proc = start_demo(tiny_weights, "--share-folder", str(share), "--max-upload-mb", "1")
+    yield url, lines, share
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +182,29 @@ def test_a_zipped_sequence_shows_per_frame_against_temporal_with_flicker(page, t
     assert "temporal / per-frame" in summary.inner_text()
     page.locator("#sequence-download a[href]").first.wait_for(timeout=30_000)
     shot(page, "demo_sequence.png")
+
+
+def test_difix_weights_show_their_licence_and_restore_only_once_it_is_accepted(browser, tmp_path):
+    from tiny_base import make_tiny_difix
+
+    url, lines, proc = start_demo(make_tiny_difix(tmp_path / "difix"))
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        assert "NVIDIA License" in page.locator("#license-text").inner_text()
+        page.locator("#restore-input input[type=file]").set_input_files(str(noise_png(tmp_path / "r.png", 64, 64)))
+        page.locator("#restore-button").click()
+        status = page.locator("#restore-status")
+        status.get_by_text("accept the NVIDIA License").wait_for(timeout=60_000)
+        assert page.locator("#restore-downloads a[href]").count() == 0
+        shot(page, "demo_license.png")
+        page.locator("#accept-license input[type=checkbox]").check()
+        page.locator("#restore-button").click()
+        status.get_by_text("Restored 1 image").wait_for(timeout=120_000)
+        link = page.locator("#restore-downloads a[href]").first
+        restored = Image.open(io.BytesIO(page.request.get(link.get_attribute("href")).body()))
+        assert "NVIDIA License" in restored.text["Splat Restore license"]
+        page.close()
+    finally:
+        stop(proc)
+    assert any("the page asks for acceptance before the first restore" in line for line in lines)

@@ -119,11 +119,11 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
     with gr.Blocks(title="Splat Restore", delete_cache=(3600, 86400)) as page:
         gr.Markdown(f"# Splat Restore\nSingle-step diffusion restorer for Gaussian-splatting avatar renders. "
                     f"Model: `{model}`.")
-        accepted = gr.Checkbox(value=license is None, visible=license is not None, elem_id="accept-license",
-                               label=f"I accept the {license.name}" if license else "licence")
         if license is not None:
             gr.Markdown(f"**These weights are under the [{license.name}]({license.url})**: {license.terms}. "
                         f"Tick the box to accept it before the first restore.", elem_id="license-text")
+        accepted = gr.Checkbox(value=license is None, visible=license is not None, elem_id="accept-license",
+                               label=f"I accept the {license.name}" if license else "licence")
         with gr.Tab("Restore"):
             with gr.Row():
                 with gr.Column():
