@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
 import uuid
 from pathlib import Path
@@ -37,3 +38,34 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def numbered(target: Path, k: int) -> Path:
+    return target if k == 1 else target.with_name(f"{target.stem}-{k}{target.suffix}")
+
+
+def write_bytes_new(target: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` complete under `target`'s name, or NAME-2, NAME-3, ... when taken: never replaces a file, even
+    one another process writes meanwhile (a shared folder). Returns the path written."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for k in itertools.count(1):
+            candidate = numbered(target, k)
+            try:
+                os.link(tmp, candidate)  # atomic, and fails where the name exists
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system: check, then rename (a narrow race remains)
+                if candidate.exists():
+                    continue
+                os.replace(tmp, candidate)
+                return candidate
+    finally:
+        if tmp.exists():
+            tmp.unlink()

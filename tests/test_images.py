@@ -136,3 +136,22 @@ def test_a_killed_writers_temporaries_are_removed_once_the_file_is_whole(tmp_pat
     write_bytes_atomic(tmp_path / "k_0001.png", b"complete")
     assert (tmp_path / "k_0001.png").read_bytes() == b"complete" and not stale.exists()
     assert all(p.exists() for p in others)  # other frames' files, and names not ours, are left alone
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_new_files_never_replace_one_that_exists(tmp_path, monkeypatch, hard_links):
+    import os
+
+    from engine.atomic import write_bytes_new
+
+    if not hard_links:  # e.g. a FAT or some network share: check-then-rename instead
+        def no_link(src, dst):
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr(os, "link", no_link)
+    (tmp_path / "a.png").write_bytes(b"theirs")
+    (tmp_path / "a-2.png").write_bytes(b"theirs too")
+    assert write_bytes_new(tmp_path / "a.png", b"mine") == tmp_path / "a-3.png"
+    assert write_bytes_new(tmp_path / "b.png", b"new") == tmp_path / "b.png"
+    assert (tmp_path / "a.png").read_bytes() == b"theirs" and (tmp_path / "a-2.png").read_bytes() == b"theirs too"
+    assert (tmp_path / "a-3.png").read_bytes() == b"mine" and (tmp_path / "b.png").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-2.png", "a-3.png", "a.png", "b.png"]  # no temporaries

@@ -4,6 +4,7 @@ face-aware restore) serves them all; a lock keeps model calls one at a time what
 """
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 import threading
@@ -14,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import write_bytes_atomic
+from ..atomic import numbered, write_bytes_new
 from ..images import encode_image
 from ..temporal.fusion import TemporalFusion
 from .uploads import MAX_IMAGES, UploadError, display_name, load_image, sequence_frames, zip_bytes
@@ -96,21 +97,22 @@ class DemoActions:
 
     def _run_folder(self) -> Path:
         """A new folder for one action's results (served for download until the page is stopped)."""
-        with self.lock:
-            folder = _unused(self.workdir / time.strftime("%Y%m%d-%H%M%S"))
-            folder.mkdir(parents=True)
-        return folder
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for k in itertools.count(1):
+            try:
+                folder = numbered(self.workdir / stamp, k)
+                folder.mkdir(parents=True)
+                return folder
+            except FileExistsError:
+                continue
 
     def _keep(self, run: Path, filename: str, data: bytes) -> Path:
-        """Written atomically into `run` and into the share folder, if any, where an existing file is never
-        replaced: a second result of the same name gets a numbered name."""
-        path = _unused(run / filename)
-        write_bytes_atomic(path, data)
+        """Written complete into `run` and into the share folder, if any, never replacing a file: a second result
+        of the same name gets a numbered name."""
         if self.share_folder is not None:
             self.share_folder.mkdir(parents=True, exist_ok=True)
-            with self.lock:
-                write_bytes_atomic(_unused(self.share_folder / filename), data)
-        return path
+            write_bytes_new(self.share_folder / filename, data)
+        return write_bytes_new(run / filename, data)
 
     # -- degrade -> restore -----------------------------------------------------------------------------------------
     def degrade_restore(self, path, seed: int = 0, progress: Progress = _quiet) -> DegradeResult:
@@ -208,11 +210,3 @@ class DemoActions:
         return SequenceResult([n for n, _ in named], [to_uint8(x) for x in inputs], per_frame, temporal, flicker,
                               means, archive)
 
-
-def _unused(path: Path) -> Path:
-    k = 2
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
-        k += 1
-    return candidate
