@@ -131,13 +131,13 @@ def test_an_uploaded_render_comes_back_restored_at_its_size(page, demo, tmp_path
 
 
 def test_a_corrupt_upload_gets_a_readable_error_not_a_trace(page, tmp_path):
-    broken = tmp_path / "broken.png"
+    broken = tmp_path / "__broken__.png"  # shown as named, not as Markdown bold
     broken.write_bytes(noise_png(tmp_path / "whole.png", 48, 80).read_bytes()[:80])
     page.locator("#restore-input input[type=file]").set_input_files(str(broken))
     page.locator("#restore-button").click()
     status = page.locator("#restore-status")
-    status.get_by_text("broken.png").wait_for(timeout=60_000)
-    assert status.inner_text().strip() == "Error: broken.png: PNG data is corrupt or truncated"
+    status.get_by_text("broken__.png").wait_for(timeout=60_000)
+    assert status.inner_text().strip() == "Error: __broken__.png: PNG data is corrupt or truncated"
     shot(page, "demo_error.png")
     assert "Traceback" not in page.content()
 

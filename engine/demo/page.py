@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import sys
 import traceback
 
@@ -29,6 +30,11 @@ class Refused(Exception):
     """A request the page turns down (no licence accepted yet); str() is shown."""
 
 
+def _md(text: str) -> str:
+    """Visitors' file names shown literally in Markdown (`__init__.png` is not bold, `<b>` is text)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|!~])", r"\\\1", text)
+
+
 def _guard(outputs: int, status: int):
     """A handler whose refusals and failures come back as one readable line in its status box (output `status`
     of `outputs`), its other outputs cleared so no earlier result stands beside the error; never a stack trace
@@ -44,7 +50,7 @@ def _guard(outputs: int, status: int):
                 traceback.print_exc(file=sys.stderr)
                 message = f"restore failed: {type(e).__name__}: {e}"
             cleared = [None] * outputs
-            cleared[status] = f"**Error:** {message}"
+            cleared[status] = f"**Error:** {_md(message)}"
             return tuple(cleared)
         return run
     return wrap
@@ -80,7 +86,7 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
     def restore(files, faces, accepted, progress=gr.Progress()):
         check_license(accepted)
         results = actions.restore(_paths(files), faces, lambda f, d: progress(f, desc=d))
-        notes = [f"{r.name}: {r.note}" for r in results if r.note]
+        notes = [_md(f"{r.name}: {r.note}") for r in results if r.note]
         status = f"Restored {len(results)} image{'s' * (len(results) != 1)}." + "".join(f"\n\n{n}" for n in notes)
         return ((results[0].before, results[0].after), [(r.after, r.name) for r in results],
                 [str(r.path) for r in results], status, [(r.before, r.after) for r in results])
