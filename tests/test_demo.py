@@ -135,6 +135,10 @@ def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path, mo
     with pytest.raises(UploadError, match="bad.png"):
         actions.restore([good, tmp_path / "bad.png"])
     assert not list((tmp_path / "work").rglob("*.png"))
+    monkeypatch.setattr("engine.demo.uploads.MAX_RUN_PIXELS", 5000)  # two 80x48 images: 7680 pixels decoded
+    with pytest.raises(UploadError, match=r"2 images of 0 megapixels in all; this page takes at most 0 at a time"):
+        actions.restore([good, png(tmp_path / "other.png", noise())])
+    assert not list((tmp_path / "work").rglob("*.png"))
     monkeypatch.setattr("engine.demo.actions.MAX_IMAGES", 1)
     with pytest.raises(UploadError, match="2 images; this page restores at most 1 at a time"):
         actions.restore([good, good])

@@ -266,3 +266,17 @@ def test_bench_temporal_prints_the_cost_per_frame(capsys):
     assert main(["bench-temporal", "--size", "320x180", "--frames", "2"]) == 0
     out = capsys.readouterr().out
     assert "ms/frame" in out and "faces" in out and "whole" in out
+
+
+def test_several_restores_measured_on_one_flow_match_measuring_each_alone():
+    from engine.temporal.flicker import measure, measure_many
+
+    frames = moving_face(frames=5, size=64)
+    rng = np.random.default_rng(1)
+    a = [np.clip(f + rng.normal(0, 0.02, f.shape), 0, 1).astype(np.float32) for f in frames]
+    b = [np.clip(f + rng.normal(0, 0.05, f.shape), 0, 1).astype(np.float32) for f in frames]
+    both = measure_many({"a": iter(a), "b": iter(b)}, iter(frames))
+    for key, series in (("a", a), ("b", b)):
+        alone = measure(series, frames)
+        assert both[key].frames == alone.frames and both[key].reference == alone.reference
+    assert both["a"].mean < both["b"].mean

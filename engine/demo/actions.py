@@ -18,7 +18,7 @@ import numpy as np
 from ..atomic import numbered, write_bytes_new
 from ..images import encode_image
 from ..temporal.fusion import TemporalFusion
-from .uploads import MAX_IMAGES, UploadError, display_name, load_image, sequence_frames, zip_bytes
+from .uploads import MAX_IMAGES, UploadError, check_run_size, display_name, load_image, sequence_frames, zip_bytes
 
 Progress = Callable[[float, str], None]
 
@@ -82,6 +82,7 @@ class DemoActions:
         if len(paths) > MAX_IMAGES:
             raise UploadError(f"{len(paths)} images; this page restores at most {MAX_IMAGES} at a time (a folder "
                               f"of renders: `python -m engine restore FOLDER -o OUT`)")
+        check_run_size(paths, "`python -m engine restore FOLDER -o OUT`")
         frames = [(display_name(p), load_image(p)) for p in paths]  # every upload checked before the first model call
         run, results = self._run_folder(), []
         for k, (name, frame) in enumerate(frames):
@@ -184,7 +185,7 @@ class DemoActions:
 
     # -- sequence ---------------------------------------------------------------------------------------------------
     def sequence(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> SequenceResult:
-        from ..temporal.flicker import measure
+        from ..temporal.flicker import measure_many
 
         named = sequence_frames(paths)
         per_frame, temporal, files = [], [], {}  # outputs kept as 8-bit and as encoded PNGs, not as float
@@ -202,9 +203,9 @@ class DemoActions:
                                                                            self.frames.provenance)
         progress(0.85, "measuring flicker")
         inputs = [f.rgb for _, f in named]
-        plain = measure((x.astype(np.float32) / 255 for x in per_frame), inputs)
-        steady = measure((x.astype(np.float32) / 255 for x in temporal), inputs)
-        flicker = {"input": plain.reference, "per-frame": plain.frames, "temporal": steady.frames}
+        reports = measure_many({name: (x.astype(np.float32) / 255 for x in images)
+                                for name, images in (("per-frame", per_frame), ("temporal", temporal))}, inputs)
+        flicker = {"input": reports["per-frame"].reference, **{k: r.frames for k, r in reports.items()}}
         means = {k: float(np.mean(v)) for k, v in flicker.items()}
         archive = self._keep(self._run_folder(), "sequence_restored.zip", zip_bytes(files))
         return SequenceResult([n for n, _ in named], [to_uint8(x) for x in inputs], per_frame, temporal, flicker,

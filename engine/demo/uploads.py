@@ -21,7 +21,7 @@ MAX_UPLOAD_MB = 64  # per file, enforced by the web server before our code sees 
 MAX_PIXELS = 4096 * 4096  # per image on the page (the CLI takes up to images.MAX_PIXELS)
 MAX_IMAGES = 64  # per restore: one job should not hold the queue for long
 MAX_FRAMES = 240  # per sequence: ten seconds at 24 fps
-MAX_SEQUENCE_PIXELS = 100_000_000  # all its frames together: 48 frames at 1080p, 240 at 640x640 (about 2 GB held)
+MAX_RUN_PIXELS = 100_000_000  # a run's images together (decoded, about 2 GB held): 48 frames at 1080p
 MAX_ZIP_BYTES = 1024 ** 3  # uncompressed, per zip: a zip bomb is refused from its directory, before extracting
 
 
@@ -44,6 +44,14 @@ def load_image(path: str | os.PathLike, name: str | None = None, max_pixels: int
         return read_image(path)
     except ImageError as e:
         raise UploadError(f"{name}: {e.problem}") from None
+
+
+def check_run_size(paths: list, instead: str) -> None:
+    """Refuse, from the headers, a run whose images would together hold more than MAX_RUN_PIXELS decoded."""
+    pixels = sum(w * h for w, h in filter(None, map(header_size, paths)))
+    if pixels > MAX_RUN_PIXELS:
+        raise UploadError(f"{len(paths)} images of {pixels / 1e6:.0f} megapixels in all; this page takes at most "
+                          f"{MAX_RUN_PIXELS / 1e6:.0f} at a time (fewer or smaller images), or use {instead}")
 
 
 def _zip_members(archive: Path, name: str) -> list[zipfile.ZipInfo]:
@@ -90,11 +98,7 @@ def sequence_frames(paths: list[str | os.PathLike]) -> list[tuple[str, Frame]]:
         if len(named) > MAX_FRAMES:
             raise UploadError(f"{len(named)} frames; this page takes at most {MAX_FRAMES} per sequence")
         named.sort(key=lambda item: natural_key(item[0]))
-        pixels = sum(w * h for w, h in filter(None, (header_size(p) for _, p in named)))
-        if pixels > MAX_SEQUENCE_PIXELS:
-            raise UploadError(f"{len(named)} frames of {pixels / 1e6:.0f} megapixels in all; this page takes at most "
-                              f"{MAX_SEQUENCE_PIXELS / 1e6:.0f} (fewer or smaller frames), or use "
-                              f"`python -m engine restore --temporal`")
+        check_run_size([p for _, p in named], "`python -m engine restore --temporal`")
         frames = [(name, load_image(path, name)) for name, path in named]
     first_name, first = frames[0]
     for name, frame in frames[1:]:

@@ -12,7 +12,7 @@ import time
 import cv2
 import numpy as np
 
-from .flicker import measure
+from .flicker import measure_many
 from .fusion import FusionConfig, TemporalFusion
 
 FACE_CENTRE = {"grace_hopper": (265.0, 215.0, 260.0), "astronaut": (190.0, 110.0, 150.0)}  # x, y; side fills the frame
@@ -54,7 +54,8 @@ def quality(restore, frames: list, config: FusionConfig | None = None) -> dict:
     """`restore`: list of frames -> list of per-frame restores (a runtime.Restorer's restore)."""
     restored = restore(frames)
     fused = fuse_sequence(frames, restored, config)
-    per_frame, temporal = measure(restored, frames), measure(fused, frames)
+    reports = measure_many({"per_frame": restored, "temporal": fused}, frames)
+    per_frame, temporal = reports["per_frame"], reports["temporal"]
     return {"frames": len(frames), "size": frames[0].shape[1], "input_error": per_frame.reference_mean,
             "per_frame_error": per_frame.mean, "temporal_error": temporal.mean,
             "per_frame_ratio": per_frame.ratio, "temporal_ratio": temporal.ratio,

@@ -7,6 +7,8 @@ sequence of those frames has (interpolation, lighting), so the ratio to it is th
 """
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -58,20 +60,30 @@ def measure(frames: Iterable[np.ndarray], reference: Iterable[np.ndarray] | None
             names: list[str] | None = None, preset: str = "fast") -> FlickerReport:
     """`frames` and `reference`: float32 (H, W, 3) in [0, 1], in order, of one size; reference defaults to frames.
     Both are read one frame at a time, so a long sequence never sits in memory."""
-    pairs = ((f, f) for f in frames) if reference is None else zip(frames, reference)
-    report = FlickerReport([], [], [])
+    if reference is None:
+        frames, reference = itertools.tee(frames)  # read in step: tee holds no more than a frame
+    return measure_many({"frames": frames}, reference, names, preset)["frames"]
+
+
+def measure_many(series: dict[str, Iterable[np.ndarray]], reference: Iterable[np.ndarray],
+                 names: list[str] | None = None, preset: str = "fast") -> dict[str, FlickerReport]:
+    """One report per series (restores of one sequence, e.g. per-frame and temporal) against one reference, whose
+    optical flow is computed once for all of them."""
+    reports = {key: FlickerReport([], [], []) for key in series}
     previous = None
-    for t, (frame, ref) in enumerate(pairs):
+    for t, (ref, *frames) in enumerate(zip(reference, *series.values())):
         grey = gray8(ref)
         if previous is not None:
-            pair = FlowPair(grey, previous[2], preset)
-            report.names.append(names[t] if names else str(t))
-            report.frames.append(warping_error(frame, previous[0], pair))
-            report.reference.append(warping_error(ref, previous[1], pair))
-        previous = frame, ref, grey
-    if not report.frames:
+            pair = FlowPair(grey, previous[1], preset)
+            own = warping_error(ref, previous[0], pair)
+            for report, frame, before in zip(reports.values(), frames, previous[2]):
+                report.names.append(names[t] if names else str(t))
+                report.frames.append(warping_error(frame, before, pair))
+                report.reference.append(own)
+        previous = ref, grey, frames
+    if not all(report.frames for report in reports.values()):
         raise ValueError("the flicker of a sequence needs at least 2 frames")
-    return report
+    return reports
 
 
 def measure_folders(frames_dir, reference_dir=None, preset: str = "fast") -> FlickerReport:
