@@ -2,34 +2,25 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import os
-import uuid
 from pathlib import Path
+
+from blender_addon.engine_link.scan import remove_temporaries, temporary_for
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yield a temporary path beside `target`; on success it replaces `target`, on any error it is removed."""
     target = Path(target)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+    tmp = temporary_for(target)
     try:
         yield tmp
         os.replace(tmp, target)
-        _remove_leftovers(target)
+        remove_temporaries(target)  # a killed earlier writer's, now that the complete file is in place
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Temporaries of `target` left by a writer that was killed mid-write (an engine killed during a render): the
-    complete file is in place now, so they are litter."""
-    pattern = f".{glob.escape(target.stem)}.{'?' * 8}.partial{glob.escape(target.suffix)}"
-    for stale in target.parent.glob(pattern):
-        with contextlib.suppress(OSError):
-            stale.unlink()
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
@@ -48,7 +39,7 @@ def write_bytes_new(target: str | os.PathLike, data: bytes) -> Path:
     """Write `data` complete under `target`'s name, or NAME-2, NAME-3, ... when taken: never replaces a file, even
     one another process writes meanwhile (a shared folder). Returns the path written."""
     target = Path(target)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+    tmp = temporary_for(target)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -1,4 +1,5 @@
-"""Stand-in engines for the client's failure paths: hung, silent, another protocol version, failing every frame.
+"""Stand-in engines for the client's failure paths: hung, silent, another protocol version, failing every frame,
+dying or hanging halfway through writing a frame.
 
 `make_stand_in(folder, behaviour)` writes an executable that the client can be given as its "engine python": the
 client runs `<it> -m engine serve ...`, and the stand-in ignores those arguments. Standard library only.
@@ -42,6 +43,13 @@ def main(behaviour: str) -> None:
         if kind in ("silent", "protocol") or msg.get("op") != "restore":
             continue
         items = msg.get("items") or [{"input": msg["input"], "output": msg["output"]}]
+        if kind in ("dies-writing", "hangs-writing"):  # the engine's own temporary name, as atomic writes make it
+            out = Path(items[0]["output"])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_name(f".{out.stem}.0123abcd.partial{out.suffix}").write_bytes(b"\x89PNG half a frame")
+            if kind == "dies-writing":
+                sys.exit(3)
+            sys.stdin.read()
         if kind == "fail":
             _send({"id": msg["id"], "ok": False, "error": {"code": "engine_error", "message": "stand-in failure"}})
             continue

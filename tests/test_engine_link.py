@@ -59,6 +59,21 @@ def test_a_hung_engine_fails_its_frames_at_the_per_frame_limit(tmp_path):
     assert not client.alive and client.process.poll() is not None
 
 
+@pytest.mark.parametrize("behaviour", ["dies-writing", "hangs-writing"])
+def test_an_engine_stopped_mid_write_leaves_no_half_frame_behind(tmp_path, behaviour):
+    client = EngineClient(_settings(tmp_path, behaviour, stall_timeout=1.0))
+    client.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".f_0007.89abcdef.partial.png").write_bytes(b"not this request's")  # another frame's, left alone
+    (out / "f_0001.png.partial").write_bytes(b"another program's")
+    frames = _frames(tmp_path, 2)
+    request = client.restore([(f, out / f.name) for f in frames])
+    with pytest.raises(EngineError, match="exited with code 3" if behaviour == "dies-writing" else "hung"):
+        client.wait(request)
+    assert sorted(p.name for p in out.iterdir()) == [".f_0007.89abcdef.partial.png", "f_0001.png.partial"]
+
+
 def test_a_slow_engine_that_keeps_finishing_frames_is_not_cut_off(tmp_path):
     client = EngineClient(_settings(tmp_path, "copy:0.4", stall_timeout=1.0))
     client.start()

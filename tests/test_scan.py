@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from blender_addon.engine_link.scan import IMAGE_SUFFIXES, scan_folder
+from blender_addon.engine_link.scan import IMAGE_SUFFIXES, remove_temporaries, scan_folder
 from blender_addon.frame_queue import folder_items
 from engine.cli import main
 from engine.images import FLOAT_SUFFIXES, SUPPORTED_SUFFIXES
@@ -57,3 +57,16 @@ def test_a_recursive_restore_into_its_own_input_does_not_restore_its_outputs(tin
     assert main(args) == 0 and main(args) == 0  # the second run must see the same two inputs
     written = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
     assert written == ["a.png", "restored/a.png", "restored/sub/b.png", "sub/b.png"]
+
+
+def test_temporaries_of_the_given_outputs_only_are_removed(tmp_path):
+    names = [".f_1.0123abcd.partial.png", ".f_1.89abcdef.partial.png", ".f_2.0123abcd.partial.png", "f_1.png",
+             ".f_1.0123abcd.partial.exr", ".f_1.png.0123abcd.partial.png", "f_1.partial.png", ".f_1.xyz.partial.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".f_1.0123abcd.partial.png").write_bytes(b"x")
+    remove_temporaries(tmp_path / "f_1.png", tmp_path / "gone" / "f_1.png")
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted(set(names) - {".f_1.0123abcd.partial.png", ".f_1.89abcdef.partial.png"}
+                          | {"sub/.f_1.0123abcd.partial.png"})

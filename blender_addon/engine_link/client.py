@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import protocol
+from .scan import remove_temporaries
 from .weights import weights_exist
 
 
@@ -71,9 +72,10 @@ def find_venv_python(project: Path) -> Path | None:
 class Request:
     """A pending request: poll `done` (Blender's modal timer) or block in `wait` (background mode)."""
 
-    def __init__(self, request_id, on_progress: Callable[[int, int], None] | None = None):
+    def __init__(self, request_id, on_progress: Callable[[int, int], None] | None = None, outputs: tuple = ()):
         self.id = request_id
         self.on_progress = on_progress
+        self.outputs = outputs  # what the engine may be writing for it: cleaned of temporaries if the engine dies
         self.done_count, self.total = 0, 0
         self.response: dict | None = None
         self.error: EngineError | None = None
@@ -212,10 +214,8 @@ class EngineClient:
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
         self._dead_reason = reason
-        error = EngineError(reason, "timeout")
-        for req in pending:
-            req._finish(error=error)
         self.kill()
+        self._fail(pending, EngineError(reason, "timeout"))
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -230,9 +230,12 @@ class EngineClient:
 
     # requests -------------------------------------------------------------------------------------------------
     def request(self, op: str, on_progress: Callable[[int, int], None] | None = None, **params) -> Request:
+        return self._send(op, on_progress, (), params)
+
+    def _send(self, op: str, on_progress, outputs: tuple, params: dict) -> Request:
         if not self.alive:
             raise EngineDied(f"the engine is not running{self._tail()}")
-        req = Request(f"r{next(self._ids)}", on_progress)
+        req = Request(f"r{next(self._ids)}", on_progress, outputs)
         with self._lock:
             if not self._pending:  # an idle engine owes nothing: its silence counts from now
                 self.last_heard = time.monotonic()
@@ -251,7 +254,8 @@ class EngineClient:
         """Restore (input, output) pairs, or item dicts (with "sequence" and "index" for animation frames); options:
         overwrite, in_place, skip_existing, faces (protocol.FACE_MODES), sequence and index."""
         items = [i if isinstance(i, dict) else {"input": str(i[0]), "output": str(i[1])} for i in items]
-        return self.request("restore", on_progress, items=items, **options)
+        outputs = tuple(i["output"] for i in items if isinstance(i.get("output"), str))
+        return self._send("restore", on_progress, outputs, {"items": items, **options})
 
     def cancel(self, request: Request) -> None:
         if self.alive and not request.done:
@@ -268,11 +272,17 @@ class EngineClient:
             return
         self._dead_reason = f"the engine exited with code {code}"
         time.sleep(0.05)  # let the stderr reader catch the last lines for the message
-        error = EngineDied(f"{self._dead_reason}{self._tail()}")
         self._ready_event.set()
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
+        self._fail(pending, EngineDied(f"{self._dead_reason}{self._tail()}"))
+
+    @staticmethod
+    def _fail(pending: list[Request], error: EngineError) -> None:
+        """Fail the requests of an engine that is dead (no writer left), after removing the temporaries it was
+        writing their outputs into: a render folder keeps whole frames only."""
         for req in pending:
+            remove_temporaries(*req.outputs)
             req._finish(error=error)
 
     def _dispatch_lines(self, process: subprocess.Popen) -> None:

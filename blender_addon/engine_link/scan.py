@@ -4,8 +4,10 @@ Standard library only: it ships in the add-on's zip, and the engine imports it f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import uuid
 from pathlib import Path
 
 # what the engine reads, plus the float formats it refuses by name (so a folder of EXRs gets a reason, not silence)
@@ -16,6 +18,34 @@ def is_temporary(name: str) -> bool:
     """Hidden files and half-written outputs: the engine's (engine/atomic.py: `.NAME.XXXXXXXX.partial.png`) and
     any other writer's `NAME.partial.png` / `NAME.png.partial`."""
     return name.startswith(".") or re.search(r"\.partial(\.|$)", name) is not None
+
+
+def temporary_for(target: str | os.PathLike) -> Path:
+    """A fresh hidden name beside `target` for the engine to write into before renaming: `.NAME.XXXXXXXX.partial.png`
+    (the suffix kept, so image writers still pick the format from it)."""
+    target = Path(target)
+    return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+
+
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.partial(?P<suffix>(\.[^.]*)?)")
+
+
+def remove_temporaries(*targets: str | os.PathLike) -> None:
+    """Remove what writers of `targets` killed mid-write left behind (an engine killed during a render): they never
+    became the file, so they are litter in an artist's render folder. One listing per folder, however many targets."""
+    by_folder: dict[Path, set[str]] = {}
+    for target in map(Path, targets):
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    for folder, names in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            m = _TEMPORARY.fullmatch(entry.name)
+            if m and m["stem"] + m["suffix"] in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def natural_key(path: str | os.PathLike) -> tuple:
