@@ -180,6 +180,23 @@ def test_a_sequence_is_restored_per_frame_and_fused_with_its_flicker_measured(fr
         first = np.array(Image.open(io.BytesIO(z.read(names[0]))))
     assert np.array_equal(first, r.per_frame[0])
     assert np.array_equal(r.per_frame[0], r.temporal[0])  # the first frame has nothing before it
+    with Image.open(r.playback) as anim:  # every frame's row, exact: lossless, looping, at the page's rate
+        assert anim.format == "WEBP" and anim.n_frames == 5 and anim.info["loop"] == 0
+        for k in range(5):
+            anim.seek(k)
+            shown = np.asarray(anim.convert("RGB"))
+            assert anim.info["duration"] == 83
+            assert np.array_equal(shown,
+                                  np.concatenate([r.inputs[k], r.per_frame[k], r.temporal[k]], axis=1))
+
+
+def test_previews_are_subsampled_by_whole_steps_to_their_limits():
+    from engine.demo.actions import side_by_side
+
+    images = [np.random.default_rng(k).integers(0, 256, (300, 700, 3), dtype=np.uint8) for k in range(3)]
+    assert np.array_equal(side_by_side(*images), np.concatenate(images, axis=1)[::2, ::2])  # 2100 wide > 1536
+    row = np.concatenate(images, axis=1)
+    assert np.array_equal(side_by_side(*images, max_pixels=60_000), row[::4, ::4])  # step 3 would be 100 x 700
 
 
 def test_the_page_asks_for_the_licence_before_the_first_restore(tmp_path, monkeypatch):

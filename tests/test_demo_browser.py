@@ -126,6 +126,10 @@ def test_an_uploaded_render_comes_back_restored_at_its_size(page, demo, tmp_path
     assert "Splat Restore model" in restored.text
     page.locator("#restore-slider img").first.wait_for(timeout=30_000)
     assert page.locator("#restore-status").inner_text().startswith("Restored 1 image")
+    shown = [Image.open(io.BytesIO(page.request.get(img.get_attribute("src")).body()))
+             for img in page.locator("#restore-slider img").all()]
+    assert [im.format for im in shown] == ["PNG", "PNG"]  # lossless: the comparison shows the restorer, not a codec
+    assert np.array_equal(np.asarray(shown[0].convert("RGB")), np.asarray(Image.open(render).convert("RGB")))
     shot(page, "demo_restore.png")
     assert (demo[2] / "render_restored.png").is_file()  # kept in the share folder too
 
@@ -181,6 +185,10 @@ def test_a_zipped_sequence_shows_per_frame_against_temporal_with_flicker(page, t
     summary.get_by_text("5 frames").wait_for(timeout=120_000)
     assert "temporal / per-frame" in summary.inner_text()
     page.locator("#sequence-download a[href]").first.wait_for(timeout=30_000)
+    playback = page.locator("#sequence-playback img").first
+    playback.wait_for(timeout=30_000)
+    anim = Image.open(io.BytesIO(page.request.get(playback.get_attribute("src")).body()))
+    assert anim.format == "WEBP" and anim.n_frames == 5 and anim.size == (3 * 64, 64)
     shot(page, "demo_sequence.png")
 
 

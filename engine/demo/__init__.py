@@ -32,7 +32,7 @@ def network_warning(host: str, port: int) -> str:
 def run(a) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # like serve: weights come from disk or the HF cache, never mid-demo
     try:
-        from .page import THEME, build_page
+        from .page import CSS, THEME, build_page
     except ImportError as e:
         print(f"error: the demo needs Gradio ({e.name or e} is missing): {DEMO_INSTALL}", file=sys.stderr)
         return 1
@@ -70,7 +70,7 @@ def run(a) -> int:
     page.queue(default_concurrency_limit=1, max_size=64)
     try:
         page.launch(server_name=a.host, server_port=a.port, max_file_size=f"{a.max_upload_mb or MAX_UPLOAD_MB}mb",
-                    theme=THEME, allowed_paths=[str(actions.workdir)], ssr_mode=False, show_error=False,
+                    theme=THEME, css=CSS, allowed_paths=[str(actions.workdir)], ssr_mode=False, show_error=False,
                     footer_links=[])
     except OSError as e:  # the port is taken, or the address is not this machine's
         print(f"error: cannot listen on {a.host}:{a.port}: {e}; pick another with --port", file=sys.stderr)

@@ -4,6 +4,7 @@ face-aware restore) serves them all; a lock keeps model calls one at a time what
 """
 from __future__ import annotations
 
+import io
 import itertools
 import re
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import numbered, write_bytes_new
 from ..images import encode_image
@@ -21,6 +23,8 @@ from ..temporal.fusion import TemporalFusion
 from .uploads import MAX_IMAGES, UploadError, check_run_size, display_name, load_image, sequence_frames, zip_bytes
 
 Progress = Callable[[float, str], None]
+PLAYBACK_FPS = 12  # half a film's rate: flicker is easier to see, and motion still reads as motion
+PLAYBACK_PIXELS = 100e6  # all frames of the playback together: a few tens of MB, lossless
 
 
 def _quiet(fraction: float, text: str) -> None:
@@ -29,6 +33,26 @@ def _quiet(fraction: float, text: str) -> None:
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def side_by_side(*images: np.ndarray, max_width: int = 1536, max_pixels: float = float("inf")) -> np.ndarray:
+    """A preview row of same-sized images, subsampled by a whole step (pixels kept exact, never resampled) until it
+    is at most `max_width` wide and `max_pixels` big. The zips hold the full frames."""
+    row = np.concatenate(images, axis=1)
+    h, w = row.shape[:2]
+    step = max(1, -(-w // max_width))
+    while -(-h // step) * -(-w // step) > max_pixels:
+        step += 1
+    return np.ascontiguousarray(row[::step, ::step])  # a copy: a view would keep the whole row alive
+
+
+def playback_webp(rows: list[np.ndarray], fps: int = PLAYBACK_FPS) -> bytes:
+    """An animated lossless WebP, looping: a lossy codec would add a flicker of its own to the one being judged."""
+    images = [Image.fromarray(r) for r in rows]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "WEBP", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+                   lossless=True, method=0)  # method 0: fastest; lossless whatever the method
+    return buffer.getvalue()
 
 
 def safe_stem(name: str) -> str:
@@ -64,6 +88,7 @@ class SequenceResult:
     flicker: dict  # series name -> per-frame warping error (8-bit levels), frames 1..n-1
     means: dict  # series name -> mean of it
     archive: Path  # per_frame/ and temporal/ PNGs
+    playback: Path  # input | per-frame | temporal, animated (playback_webp)
 
 
 class DemoActions:
@@ -207,7 +232,11 @@ class DemoActions:
                                 for name, images in (("per-frame", per_frame), ("temporal", temporal))}, inputs)
         flicker = {"input": reports["per-frame"].reference, **{k: r.frames for k, r in reports.items()}}
         means = {k: float(np.mean(v)) for k, v in flicker.items()}
-        archive = self._keep(self._run_folder(), "sequence_restored.zip", zip_bytes(files))
-        return SequenceResult([n for n, _ in named], [to_uint8(x) for x in inputs], per_frame, temporal, flicker,
-                              means, archive)
+        progress(0.9, "encoding the playback")
+        inputs = [to_uint8(x) for x in inputs]
+        rows = [side_by_side(*r, max_pixels=PLAYBACK_PIXELS / len(named)) for r in zip(inputs, per_frame, temporal)]
+        run = self._run_folder()
+        archive = self._keep(run, "sequence_restored.zip", zip_bytes(files))
+        playback = self._keep(run, "sequence_playback.webp", playback_webp(rows))
+        return SequenceResult([n for n, _ in named], inputs, per_frame, temporal, flicker, means, archive, playback)
 

@@ -15,15 +15,19 @@ import traceback
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # studios run this offline: no phoning home
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 
-from .actions import DemoActions  # noqa: E402
+from .actions import PLAYBACK_FPS, DemoActions, side_by_side  # noqa: E402
 from .uploads import MAX_FRAMES, MAX_PIXELS, UploadError  # noqa: E402
 
+# what the page shows: Gradio's default, lossy WebP, would add artefacts of its own to a restorer's before/after
+LOSSLESS = "png"
 FACES = [("Faces (large frames: each face at the model's size)", "auto"), ("Whole frame", "off")]
 # system fonts: the default theme's web fonts would be fetched from the internet by every visitor's browser
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "Consolas", "monospace"])
+
+# the playback fills its box: small frames are not shown at their own size in a corner
+CSS = "#sequence-playback img {width: 100%; height: 100%; object-fit: contain}"
 
 
 class Refused(Exception):
@@ -70,12 +74,6 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(["| against the clean image | LPIPS ↓ | PSNR (dB) ↑ | SSIM ↑ |", "|---|---|---|---|", *rows])
 
 
-def _side_by_side(*images: np.ndarray, max_width: int = 1536) -> np.ndarray:
-    row = np.concatenate(images, axis=1)
-    step = max(1, -(-row.shape[1] // max_width))  # every step-th pixel: a preview, the zip holds the full frames
-    return row[::step, ::step]
-
-
 def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
     """`license`: engine_link.licenses.License of the loaded weights, or None."""
     def check_license(accepted: bool) -> None:
@@ -104,13 +102,13 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
         text = _metrics_table(r.metrics) + "".join(f"\n\n{n}" for n in r.notes)
         return r.degraded, r.restored, r.clean, text
 
-    @_guard(outputs=4, status=3)
+    @_guard(outputs=5, status=4)
     def sequence(files, faces, accepted, progress=gr.Progress()):
         check_license(accepted)
         import pandas as pd
 
         r = actions.sequence(_paths(files), faces, lambda f, d: progress(f, desc=d))
-        gallery = [(_side_by_side(i, p, t), name) for i, p, t, name in zip(r.inputs, r.per_frame, r.temporal, r.names)]
+        gallery = [(side_by_side(i, p, t), name) for i, p, t, name in zip(r.inputs, r.per_frame, r.temporal, r.names)]
         # error k is frame k + 2 (counting from 1) against frame k + 1
         plot = pd.DataFrame([{"frame": k + 2, "flicker (8-bit levels)": e, "series": series}
                              for series, errors in r.flicker.items() for k, e in enumerate(errors)])
@@ -118,7 +116,7 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
         ratio = r.means["temporal"] / r.means["per-frame"] if r.means["per-frame"] > 0 else float("nan")
         text = (f"{len(r.names)} frames. Mean warping error against the frame before (8-bit levels): {means}; "
                 f"temporal / per-frame = {ratio:.2f}. Each row: input | per-frame | temporal.")
-        return gallery, plot, str(r.archive), text
+        return str(r.playback), gallery, plot, str(r.archive), text
 
     # Gradio's copies of uploads and results: checked hourly, dropped after a day, so a page left running for weeks
     # does not fill the disk
@@ -139,8 +137,10 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                     go = gr.Button("Restore", variant="primary", elem_id="restore-button")
                     status = gr.Markdown(elem_id="restore-status")
                 with gr.Column():
-                    slider = gr.ImageSlider(label="before | after", type="numpy", elem_id="restore-slider")
-                    gallery = gr.Gallery(label="restored (click to compare)", columns=4, elem_id="restore-gallery")
+                    slider = gr.ImageSlider(label="before | after", type="numpy", format=LOSSLESS,
+                                            elem_id="restore-slider")
+                    gallery = gr.Gallery(label="restored (click to compare)", columns=4, format=LOSSLESS,
+                                         elem_id="restore-gallery")
                     downloads = gr.File(label="Download", file_count="multiple", elem_id="restore-downloads")
             pairs = gr.State([])
             go.click(restore, [files, faces, accepted], [slider, gallery, downloads, status, pairs])
@@ -156,7 +156,7 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                 with gr.Column():
                     with gr.Row():
                         shown = [gr.Image(label=label, type="numpy", interactive=False, height=320,
-                                          elem_id=f"degrade-{key}")
+                                          format=LOSSLESS, elem_id=f"degrade-{key}")
                                  for key, label in (("degraded", "degraded (the training degradation)"),
                                                     ("restored", "restored"), ("clean", "clean"))]
             go.click(degrade, [clean, seed, accepted], [*shown, metrics])
@@ -172,8 +172,10 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                 with gr.Column():
                     plot = gr.LinePlot(x="frame", y="flicker (8-bit levels)", color="series",
                                        title="Flicker: warping error against the frame before")
+                    playback = gr.Image(label=f"input | per-frame | temporal, looping at {PLAYBACK_FPS} fps",
+                                        type="filepath", interactive=False, height=320, elem_id="sequence-playback")
                     strip = gr.Gallery(label="input | per-frame | temporal", columns=1, object_fit="contain",
-                                       elem_id="sequence-gallery")
-            go.click(sequence, [frames, faces_seq, accepted], [strip, plot, archive, summary])
+                                       format=LOSSLESS, elem_id="sequence-gallery")
+            go.click(sequence, [frames, faces_seq, accepted], [playback, strip, plot, archive, summary])
         gr.Markdown(f"Uploads: at most {MAX_PIXELS / 1e6:.1f} megapixels an image. Results stay on this machine.")
     return page
