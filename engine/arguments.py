@@ -58,6 +58,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, license_flag: bool = True) -> 
                         "splat-restore/compile in the user's cache folder)")
     p.add_argument("--min-face", type=_min_face, default=72,
                    help="smallest face side in pixels that face-aware restore looks for (smaller: slower search)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_runtime_args(p)
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders of input folders")
     p.add_argument("--faces", choices=list(FACE_MODES), default="auto",
                    help="auto: in frames larger than the model, restore each face and leave the rest untouched "
@@ -89,12 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout "
                                       "(faces mode per request)")
     _add_runtime_args(p)
-    p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
 
     p = sub.add_parser("demo", help="a web page to try the restorer: restore, degrade -> restore, sequences "
                                      "(needs the demo extra: pip install splat-restore[demo])")
     _add_runtime_args(p, license_flag=False)  # weights under a licence: the page asks each visitor to accept it
-    p.add_argument("--tile", type=int, default=None, help="tile size for frames larger than it")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only); 0.0.0.0 opens the page to "

@@ -233,3 +233,18 @@ def test_resuming_trims_losses_logged_after_the_saved_state(tmp_path):
         append_loss_log(log, {"step": step, "train/loss": 1.0})
     trim_loss_log(log, 5)
     assert [r["step"] for r in read_loss_log(log)] == list(range(6))
+
+
+def test_a_loss_line_cut_short_by_a_killed_run_is_dropped_on_resume(tmp_path):
+    from training.train import append_loss_log, trim_loss_log
+
+    log = tmp_path / "losses.jsonl"
+    for step in range(4):
+        append_loss_log(log, {"step": step, "train/loss": 1.0})
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('{"step": 4, "train/lo')  # killed while appending step 4
+    assert [r["step"] for r in read_loss_log(log)] == [0, 1, 2, 3]  # the report still reads it
+    trim_loss_log(log, 3)
+    append_loss_log(log, {"step": 4, "train/loss": 0.5})  # the resumed run's step 4
+    assert [(r["step"], r["train/loss"]) for r in read_loss_log(log)] == [(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0),
+                                                                         (4, 0.5)]

@@ -209,8 +209,8 @@ def cmd_bench_step(a) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train, "evaluate": cmd_evaluate,
-            "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
+COMMANDS = {"fit": cmd_fit, "degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train,
+            "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -35,9 +35,7 @@ def degrade_with_progress(clean_dir: Path, out: Path, options, test_count: int, 
 
     with tqdm(total=len(collect_sources(clean_dir)), unit="img", desc="degrade", file=sys.stderr) as bar:
         def progress(record):
-            if record["status"] == "failed":
-                bar.write(f"skipped {record['source']}: {record['reason']}", file=sys.stderr)
-            elif record["status"] == "no_face" and "file" not in record:
+            if record["status"] == "failed" or (record["status"] == "no_face" and "file" not in record):
                 bar.write(f"skipped {record['source']}: {record['reason']}", file=sys.stderr)
             bar.update(1)
         return prepare(clean_dir, out, options, test_count, workers, progress)
@@ -105,9 +103,9 @@ def fit(clean_dir: Path, cfg: TrainConfig, test_count: int | None = None, parser
             shutil.copyfile(latest, tmp)
         log(f"export: {run.weights}")
 
-    if run.eval_json.is_file() and json.loads(run.eval_json.read_text()).get("step") == run.record.get("trained_steps"):
+    metrics = json.loads(run.eval_json.read_text()) if run.eval_json.is_file() else {}
+    if metrics.get("step") == run.record.get("trained_steps", -1):
         log(f"evaluate: done ({run.eval_json})")
-        metrics = json.loads(run.eval_json.read_text())
     elif run.record.get("trained_steps", -1) < cfg.steps:
         return {"steps": run.record.get("trained_steps", 0), "finished": False}
     else:

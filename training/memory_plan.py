@@ -12,12 +12,16 @@ import torch
 MARGIN = 0.9  # fragmentation and the allocator's cache take the rest
 
 
+def predicted_peak(resident: int, peak_batch1: int, batch: int, optimizer_state: int = 0) -> int:
+    """Bytes a step at `batch` peaks at. `resident`: allocated before the step; `optimizer_state`: AdamW's two
+    moments, which the measured step (taken without optimizer.step) has not allocated yet."""
+    return resident + optimizer_state + batch * max(0, peak_batch1 - resident)
+
+
 def needs_checkpointing(resident: int, peak_batch1: int, batch: int, free: int, optimizer_state: int = 0,
                         margin: float = MARGIN) -> bool:
-    """Bytes in, decision out. `resident`: allocated before the step; `optimizer_state`: AdamW's two moments, which
-    the measured step (taken without optimizer.step) has not allocated yet."""
-    predicted = resident + optimizer_state + batch * max(0, peak_batch1 - resident)
-    return predicted > margin * (resident + free)
+    """Bytes in (see predicted_peak), decision out."""
+    return predicted_peak(resident, peak_batch1, batch, optimizer_state) > margin * (resident + free)
 
 
 def measure_and_plan(model, step_loss, device: torch.device, batch: int, size: int, log=print) -> bool:
@@ -42,6 +46,6 @@ def measure_and_plan(model, step_loss, device: torch.device, batch: int, size: i
     on = needs_checkpointing(resident, peak, batch, free, moments)
     gib = 2 ** 30
     log(f"memory plan: batch 1 peaks at {peak / gib:.1f} GiB ({resident / gib:.1f} resident), batch {batch} "
-        f"predicted {(resident + moments + batch * (peak - resident)) / gib:.1f} GiB of "
+        f"predicted {predicted_peak(resident, peak, batch, moments) / gib:.1f} GiB of "
         f"{(resident + free) / gib:.1f} GiB free: gradient checkpointing {'on' if on else 'off'}")
     return on

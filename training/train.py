@@ -258,19 +258,24 @@ def append_loss_log(path: Path, record: dict) -> None:
 
 
 def trim_loss_log(path: Path, step: int) -> None:
-    """Lines past the saved state were logged by steps that resuming repeats; keep the log one line per step."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+    """Keep the log one line per step: lines past the saved state were logged by steps that resuming repeats, and a
+    line cut short by a killed run would swallow the next one appended."""
+    if path.is_file():
+        kept = [r for r in read_loss_log(path) if r["step"] <= step]
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def read_loss_log(path: Path) -> list[dict]:
+    """The log's records; a last line cut short (the run was killed while appending it) is left out."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:

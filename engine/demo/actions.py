@@ -181,7 +181,6 @@ class DemoActions:
 
         clean_f = clean.astype(np.float32) / 255
         metrics = {k: {"lpips": None, "psnr": psnr(v, clean_f), "ssim": ssim(v, clean_f)} for k, v in images.items()}
-        note = ""
         try:
             lpips = self._lpips()
         except Exception as e:  # noqa: BLE001 - e.g. VGG weights missing: PSNR/SSIM still shown
@@ -189,7 +188,7 @@ class DemoActions:
         with self.lock:
             for k, v in images.items():
                 metrics[k]["lpips"] = lpips(v, clean_f)
-        return metrics, note
+        return metrics, ""
 
     def _lpips(self):
         import torch

@@ -84,7 +84,7 @@ def sequence_frames(paths: list[str | os.PathLike]) -> list[tuple[str, Frame]]:
                 continue
             members = _zip_members(path, display_name(path))
             with zipfile.ZipFile(path) as z:
-                for k, info in enumerate(members):
+                for info in members:
                     # extracted under our own names: a member called ../../x never leaves the scratch folder
                     target = Path(scratch) / f"{len(named):05d}{PurePosixPath(info.filename).suffix.lower()}"
                     try:
