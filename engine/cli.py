@@ -23,10 +23,10 @@ from .jobs import UsageError
 def cmd_restore(a) -> int:
     from tqdm import tqdm
 
-    from .faces.restore import FrameRestorer
+    from .faces.restore import FramePipeline
     from .jobs import collect_items, restore_items
     from .weights.loading import check_license
-    from .runtime import Restorer, warn_if_gpu_unused
+    from .runtime import ModelRunner, warn_if_gpu_unused
     from .shards import rank_device, shard_from_env, take_shard
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
@@ -59,19 +59,19 @@ def cmd_restore(a) -> int:
     import torch
 
     device = rank_device(a.device, os.environ, torch.cuda.is_available())
-    restorer = Restorer.from_pretrained(a.weights, a.base, a.accept_license, device=device, dtype=a.dtype,
+    restorer = ModelRunner.from_pretrained(a.weights, a.base, a.accept_license, device=device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile,
                                         compile_cache=a.compile_cache)
     warn_if_gpu_unused(a.device, restorer.device)
-    frames = FrameRestorer(restorer, a.min_face)
-    missing = _faces_missing(frames, items, a.faces)
+    pipeline = FramePipeline(restorer, a.min_face)
+    missing = _faces_missing(pipeline, items, a.faces)
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 1
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     faces = no_face = 0
-    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar, closing(frames):
+    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar, closing(pipeline):
         def on_outcome(o):
             nonlocal faces, no_face
             counts[o.status] += 1
@@ -82,7 +82,7 @@ def cmd_restore(a) -> int:
                 no_face += 1
                 bar.write(f"{o.item.input}: {o.note}", file=sys.stderr)
             bar.update(1)
-        restore_items(frames, items, a.skip_existing, a.overwrite, on_outcome=on_outcome, temporal=temporal)
+        restore_items(pipeline, items, a.skip_existing, a.overwrite, on_outcome=on_outcome, temporal=temporal)
     took = time.perf_counter() - loaded
     per = took / counts["restored"] if counts["restored"] else 0.0
     found = f", {faces} faces ({no_face} frames without one)" if faces or no_face else ""
@@ -91,14 +91,14 @@ def cmd_restore(a) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _faces_missing(frames, items: list, mode: str) -> str | None:
+def _faces_missing(pipeline, items: list, mode: str) -> str | None:
     """Once, before any frame: why frames of this run that need face detection cannot have it, or None."""
     from .faces.detect import faces_unavailable
     from .images import header_size
 
     if mode == "off":
         return None
-    needing = [it.input for it in items if frames.needs_faces(header_size(it.input), mode)]
+    needing = [it.input for it in items if pipeline.needs_faces(header_size(it.input), mode)]
     problem = needing and faces_unavailable()  # frames no larger than the model are restored whole without it
     if not problem:
         return None

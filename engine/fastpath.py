@@ -4,7 +4,7 @@ Merged LoRA (done at load), half precision on GPUs, channels_last convolutions, 
 torch.compile (on CUDA by default: "reduce-overhead", i.e. CUDA graphs, static shapes). Compiling takes minutes on a GPU,
 so it never sits between an artist and a frame: `FastForward` serves every frame eagerly until the compiled code for
 that input shape is ready, compiling in a background thread on dummy inputs of that shape, and swaps it in then.
-Callers pad batches to a few fixed sizes (runtime.Restorer's buckets), so a session compiles a handful of shapes
+Callers pad batches to a few fixed sizes (runtime.ModelRunner's buckets), so a session compiles a handful of shapes
 once. Inductor's FX-graph and autotune caches live in a named folder (`--compile-cache`), so a restarted engine
 reuses them. The VAE decoder is about 75 % of the FLOPs at 512 px, so it is compiled with the encoder and UNet.
 """
@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .model import SplatRestorer
+from .model import Pix2PixTurbo
 
 COMPILE_MODES = ("auto", "off", "on")
 # dense bf16/fp16 throughput reachable by large GEMMs, used only to print the fraction of the compute floor
@@ -28,7 +28,7 @@ PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 
 COMPILE_THREAD = "splat-restore-compile"
 
 
-def use_sdpa(model: SplatRestorer) -> None:
+def use_sdpa(model: Pix2PixTurbo) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     for module in (getattr(model, "unet", None), getattr(model, "vae", None)):
@@ -72,7 +72,7 @@ def use_compile_cache(folder: str | os.PathLike | None = None) -> Path:
     return chosen
 
 
-def prepare(model: SplatRestorer, device: torch.device) -> SplatRestorer:
+def prepare(model: Pix2PixTurbo, device: torch.device) -> Pix2PixTurbo:
     """The eager half of the fast path, in place: SDPA attention, and on CUDA channels_last and TF32."""
     use_sdpa(model)
     if device.type == "cuda":
@@ -183,7 +183,7 @@ class FastForward:
     def _compile_one(self, shape: tuple) -> None:
         start = time.perf_counter()
         try:
-            # made and run as Restorer.run_model does: an inference tensor in inference mode, or the guards miss
+            # made and run as ModelRunner.run_model does: an inference tensor in inference mode, or the guards miss
             with torch.inference_mode():
                 x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
                 self.compiled(x.contiguous(memory_format=self.memory_format))

@@ -1,4 +1,4 @@
-"""Restoring files: which inputs map to which outputs, and running them through a Restorer one batch at a time.
+"""Restoring files: which inputs map to which outputs, and running them through a ModelRunner one batch at a time.
 
 Shared by the command line and the stdio service. Each item succeeds or fails on its own; a failure is a reason a
 user can act on, and an output is written atomically or not at all. Inputs are never modified unless the caller
@@ -106,8 +106,8 @@ def crop_path(output: Path, index: int) -> Path:
     return output.with_name(f"{output.stem}_face{index}{output.suffix}")
 
 
-def restore_group(frames, items: list[Item], report: Callable[[Outcome], None], temporal=None) -> None:
-    """Read, restore together (a faces.restore.FrameRestorer) and write one group of frames; each reported once.
+def restore_group(pipeline, items: list[Item], report: Callable[[Outcome], None], temporal=None) -> None:
+    """Read, restore together (a faces.restore.FramePipeline) and write one group of frames; each reported once.
     Items of a sequence are fused with their sequence's previous frame by `temporal` (a temporal.Sequences).
 
     Whatever one frame raises (a decoder's cv2.error, a ValueError deep in a library, out of memory) costs that frame
@@ -122,7 +122,7 @@ def restore_group(frames, items: list[Item], report: Callable[[Outcome], None], 
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder error on one odd file
             report(Outcome(item, "failed", f"{item.input}: cannot read: {_describe(e)}", BAD_INPUT))
     if loaded:
-        _restore_loaded(frames, loaded, report, temporal)
+        _restore_loaded(pipeline, loaded, report, temporal)
 
 
 def _describe(e: BaseException) -> str:
@@ -133,13 +133,13 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None], temporal=None) -> None:
+def _restore_loaded(pipeline, loaded: list, report: Callable[[Outcome], None], temporal=None) -> None:
     try:
-        results = frames.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
+        results = pipeline.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
     except Exception as e:  # noqa: BLE001
         if len(loaded) > 1:  # which frame is at fault is unknown: give each its own try
             for one in loaded:
-                _restore_loaded(frames, [one], report, temporal)
+                _restore_loaded(pipeline, [one], report, temporal)
             return
         item = loaded[0][0]
         report(Outcome(item, "failed", f"{item.input}: restorer failed: {_describe(e)}", ENGINE_ERROR))
@@ -152,9 +152,9 @@ def _restore_loaded(frames, loaded: list, report: Callable[[Outcome], None], tem
             if result.rgb is not None:
                 if temporal is not None and item.sequence is not None:
                     result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
-                write_image(item.output, frame, result.rgb, frames.provenance)
+                write_image(item.output, frame, result.rgb, pipeline.provenance)
             else:
-                done.crops = _write_crops(item, frame, result.crops, frames.provenance)
+                done.crops = _write_crops(item, frame, result.crops, pipeline.provenance)
             report(done)
         except ImageError as e:
             report(Outcome(item, "failed", str(e), BAD_OUTPUT))
@@ -175,10 +175,10 @@ def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path
     return paths
 
 
-def restore_items(frames, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
+def restore_items(pipeline, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
                   allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
                   temporal=None) -> list[Outcome]:
-    """Restore `items` with a faces.restore.FrameRestorer in groups of its batch size (sequences fused by
+    """Restore `items` with a faces.restore.FramePipeline in groups of its batch size (sequences fused by
     `temporal`, a temporal.Sequences, in the order given)."""
     outcomes = []
 
@@ -194,6 +194,6 @@ def restore_items(frames, items: list[Item], skip_existing: bool = False, overwr
             report(decided)
         else:
             pending.append(item)
-    for k in range(0, len(pending), frames.batch_size):
-        restore_group(frames, pending[k:k + frames.batch_size], report, temporal)
+    for k in range(0, len(pending), pipeline.batch_size):
+        restore_group(pipeline, pending[k:k + pipeline.batch_size], report, temporal)
     return outcomes

@@ -145,7 +145,7 @@ class RestorerConfig:
             raise ValueError(f"unet_source must be one of {UNET_SOURCES}, not {self.unet_source!r}")
 
 
-class SplatRestorer(nn.Module):
+class Pix2PixTurbo(nn.Module):
     """Image in [-1, 1] (N, 3, H, W), H and W multiples of 8 -> restored image in [-1, 1]."""
 
     def __init__(self, unet: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor, config: RestorerConfig):

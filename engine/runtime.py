@@ -17,7 +17,7 @@ from . import __version__
 from .weights.checkpoint import CheckpointInfo
 from .fastpath import FastForward
 from .weights.loading import load_restorer
-from .model import SplatRestorer
+from .model import Pix2PixTurbo
 from .tiling import blend_tiles, pad_to_multiple, plan_tiles
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -109,10 +109,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-class Restorer:
+class ModelRunner:
     """A loaded restorer. `restore` takes float32 (H, W, 3) arrays in [0, 1] of any size and returns the same."""
 
-    def __init__(self, model: SplatRestorer, info: CheckpointInfo | None = None, device: str = "auto",
+    def __init__(self, model: Pix2PixTurbo, info: CheckpointInfo | None = None, device: str = "auto",
                  dtype: str = "auto", batch_size: int = 1, tile: int | None = None, overlap: int | None = None,
                  compile: str = "auto", compile_cache: str | None = None):
         self.device = pick_device(device)
@@ -141,7 +141,7 @@ class Restorer:
 
     @classmethod
     def from_pretrained(cls, weights: str | os.PathLike, base: str | None = None, accept_license: bool = False,
-                        **kwargs) -> "Restorer":
+                        **kwargs) -> "ModelRunner":
         pick_device(kwargs.get("device", "auto"))  # a bad --device fails before a minute of loading
         model, info = load_restorer(weights, base, accept_license=accept_license)
         return cls(model, info, **kwargs)

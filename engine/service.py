@@ -33,10 +33,10 @@ class RestoreJob:
 
 
 class Service:
-    """`restorer`: a faces.restore.FrameRestorer (restore(images, modes), batch_size, describe())."""
+    """`pipeline`: a faces.restore.FramePipeline (restore(images, modes), batch_size, describe())."""
 
-    def __init__(self, restorer, out, model_info: dict | None = None):
-        self.restorer, self.out = restorer, out
+    def __init__(self, pipeline, out, model_info: dict | None = None):
+        self.pipeline, self.out = pipeline, out
         self.model_info = model_info or {}
         self.write_lock = threading.Lock()
         self.cond = threading.Condition()
@@ -54,7 +54,7 @@ class Service:
                 self.closing = True
 
     def describe(self) -> dict:
-        return {"version": __version__, "protocol": protocol.PROTOCOL_VERSION, **self.restorer.describe(),
+        return {"version": __version__, "protocol": protocol.PROTOCOL_VERSION, **self.pipeline.describe(),
                 "model": self.model_info}
 
     # reader side ------------------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class Service:
             reported.add(id(o.item))
             self._record(owners[id(o.item)], o)
         try:
-            restore_group(self.restorer, batch, report, self.temporal)
+            restore_group(self.pipeline, batch, report, self.temporal)
         except Exception as e:  # a bug or a device fault must cost these frames, not the service
             print(f"error: restoring {len(batch)} frames failed: {e!r}", file=sys.stderr)
             for item in batch:
@@ -147,7 +147,7 @@ class Service:
         """Up to one batch of frames from the front of the queue; items decided without pixels are recorded."""
         batch, owners = [], {}
         for job in self.jobs:
-            while job.pending and not job.cancelled and len(batch) < self.restorer.batch_size:
+            while job.pending and not job.cancelled and len(batch) < self.pipeline.batch_size:
                 item = job.pending.popleft()
                 decided = check_item(item, job.options["skip_existing"], job.options["overwrite"],
                                      job.options["in_place"])
@@ -156,7 +156,7 @@ class Service:
                 else:
                     batch.append(item)
                     owners[id(item)] = job
-            if len(batch) >= self.restorer.batch_size:
+            if len(batch) >= self.pipeline.batch_size:
                 break
         return batch, owners
 
@@ -198,8 +198,8 @@ def serve(args) -> int:
     from blender_addon.engine_link.licenses import LicenseNotAccepted
 
     from .faces.detect import faces_unavailable
-    from .faces.restore import FrameRestorer
-    from .runtime import Restorer, warn_if_gpu_unused
+    from .faces.restore import FramePipeline
+    from .runtime import ModelRunner, warn_if_gpu_unused
 
     def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:
         protocol_out.write(protocol.encode({"event": "ready", "ok": False, "version": __version__,
@@ -208,7 +208,7 @@ def serve(args) -> int:
         return exit_code
 
     try:
-        restorer = Restorer.from_pretrained(args.weights, args.base, args.accept_license, device=args.device,
+        restorer = ModelRunner.from_pretrained(args.weights, args.base, args.accept_license, device=args.device,
                                             dtype=args.dtype, batch_size=args.batch_size, tile=args.tile,
                                             compile=args.compile, compile_cache=args.compile_cache)
     except LicenseNotAccepted as e:  # refused before anything loaded; exit 2 like the CLI's usage errors
@@ -220,8 +220,8 @@ def serve(args) -> int:
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
     info = restorer.info
-    frames = FrameRestorer(restorer, args.min_face)
-    service = Service(frames, protocol_out,
+    pipeline = FramePipeline(restorer, args.min_face)
+    service = Service(pipeline, protocol_out,
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
                        "input_range": info.restorer.input_range})
     service.send({"event": "ready", "ok": True, **service.describe()})
@@ -241,7 +241,7 @@ def serve(args) -> int:
     try:
         service.work_loop()
     finally:
-        frames.close()  # mediapipe's graphs join their native threads now, not in C++ static teardown at exit
+        pipeline.close()  # mediapipe's graphs join their native threads now, not in C++ static teardown at exit
     reader.join(timeout=5)
     try:
         protocol_out.flush()

@@ -9,7 +9,7 @@ import pytest
 
 from engine.cli import main
 from engine.images import read_image
-from engine.runtime import Restorer
+from engine.runtime import ModelRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_output_matches_the_restorer(tiny_weights, tmp_path):
     src = _write(tmp_path / "in" / "f.png", (56, 72, 3))
     main(["restore", str(src), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights), "--device", "cpu",
           "--faces", "off"])  # larger than the tiny model's 64 px: whole-frame (tiled) restore asked for
-    expected = Restorer.from_pretrained(tiny_weights, device="cpu").restore([read_image(src).rgb])[0]
+    expected = ModelRunner.from_pretrained(tiny_weights, device="cpu").restore([read_image(src).rgb])[0]
     got = read_image(tmp_path / "out" / "f.png").rgb
     assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-6
 
@@ -133,12 +133,12 @@ def test_runs_as_a_module(tiny_weights, tmp_path):
 
 def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path, monkeypatch, capsys):
     import engine.jobs
-    from engine.faces.restore import FrameRestorer
+    from engine.faces.restore import FramePipeline
 
     src = tmp_path / "in"
     for name in ("a.png", "b.png", "c.png", "d.png"):
         _write(src / name)
-    real_read, real_restore = engine.jobs.read_image, FrameRestorer.restore
+    real_read, real_restore = engine.jobs.read_image, FramePipeline.restore
 
     def read(path):
         if Path(path).name == "a.png":
@@ -152,7 +152,7 @@ def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path
 
     bad = read_image(_write(src / "c.png", seed=3)).rgb
     monkeypatch.setattr(engine.jobs, "read_image", read)
-    monkeypatch.setattr(FrameRestorer, "restore", restore)
+    monkeypatch.setattr(FramePipeline, "restore", restore)
     out = tmp_path / "out"
     assert main(["restore", str(src), "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu",
                  "--batch-size", "2"]) == 1

@@ -28,11 +28,11 @@ def test_frames_and_face_crops_compile_once_per_bucket_in_the_background(tiny_we
     from torch._dynamo.utils import counters
 
     from engine.faces.detect import FaceDetector
-    from engine.faces.restore import FrameRestorer
-    from engine.runtime import Restorer
+    from engine.faces.restore import FramePipeline
+    from engine.runtime import ModelRunner
 
     before = counters["stats"]["unique_graphs"]
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="on",
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="on",
                                         compile_cache=str(tmp_path / "cache"))
     frames = [np.random.default_rng(k).random((64, 64, 3), dtype=np.float32) for k in range(5)]
     eager = restorer.restore(frames[:1])[0]  # served at once, while the buckets compile
@@ -44,7 +44,7 @@ def test_frames_and_face_crops_compile_once_per_bucket_in_the_background(tiny_we
     assert warmed - before <= 2  # batch 1 and batch 4
 
     restored = restorer.restore(frames)  # 5 frames at batch 4: a call of 4 and a call of 1
-    pipeline = FrameRestorer(restorer, detector=FaceDetector(min_face=32))
+    pipeline = FramePipeline(restorer, detector=FaceDetector(min_face=32))
     found = [len(pipeline.restore([_faces_frame(k)], ["auto"])[0].faces) for k in (1, 2, 3)]
 
     assert found == [1, 2, 3]  # crops in calls of 1, 2 and 3: padded to buckets 1, 4 and 4
@@ -63,9 +63,9 @@ def test_frames_and_face_crops_compile_once_per_bucket_in_the_background(tiny_we
 
 
 def test_every_model_call_is_padded_to_a_batch_bucket_and_the_padding_dropped(tiny_weights):
-    from engine.runtime import Restorer
+    from engine.runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="off")
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", batch_size=4, compile="off")
     calls = []
     forward = restorer.forward
     restorer.forward = lambda x: calls.append(tuple(x.shape)) or forward(x)
@@ -98,9 +98,9 @@ def test_the_compile_cache_lives_in_the_users_cache_folder(tmp_path, monkeypatch
 
 
 def test_compiling_off_reports_off_and_never_starts_a_thread(tiny_weights):
-    from engine.runtime import Restorer
+    from engine.runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", compile="off")
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", compile="off")
     restorer.restore([np.zeros((64, 64, 3), np.float32)])
     assert restorer.describe()["compile"] == {"state": "off", "mode": None, "shapes": [], "seconds": 0}
     assert restorer.forward._thread is None

@@ -24,14 +24,14 @@ def noise(h=48, w=80, seed=0):
 
 
 @pytest.fixture(scope="module")
-def frames(tiny_weights):
-    from engine.faces.restore import FrameRestorer
-    from engine.runtime import Restorer
+def pipeline(tiny_weights):
+    from engine.faces.restore import FramePipeline
+    from engine.runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", compile="off")
-    frames = FrameRestorer(restorer)
-    yield frames
-    frames.close()
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", compile="off")
+    pipeline = FramePipeline(restorer)
+    yield pipeline
+    pipeline.close()
 
 
 @pytest.mark.parametrize("name, data, problem", [
@@ -107,9 +107,9 @@ def test_bad_sequences_are_refused_with_the_reason(tmp_path, monkeypatch):
         sequence_frames([bomb])
 
 
-def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shared_file(frames, tmp_path):
+def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shared_file(pipeline, tmp_path):
     share = tmp_path / "share"
-    actions = DemoActions(frames, tmp_path / "work", share)
+    actions = DemoActions(pipeline, tmp_path / "work", share)
     paths = [png(tmp_path / "shot 1.png", noise(64, 64)), png(tmp_path / "wide.png", noise(48, 80, seed=1))]
     seen = []
     results = actions.restore(paths, "off", lambda f, text: seen.append((f, text)))
@@ -117,7 +117,7 @@ def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shar
     for r, rgb in zip(results, (noise(64, 64), noise(48, 80, seed=1))):
         out = Image.open(r.path)
         assert out.size == (rgb.shape[1], rgb.shape[0]) and r.after.shape == rgb.shape
-        assert out.text["Splat Restore model"] == frames.restorer.info.source
+        assert out.text["Splat Restore model"] == pipeline.runner.info.source
         assert np.array_equal(r.before, rgb) and not np.array_equal(r.after, rgb)  # the tiny model changes it
     assert results[0].path.name == "shot_1_restored.png"
     assert seen[-1] == (1.0, "done") and seen[0][1] == "restoring shot 1.png"
@@ -128,8 +128,8 @@ def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shar
     assert not list(share.glob(".*"))  # no temporaries left
 
 
-def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path, monkeypatch):
-    actions = DemoActions(frames, tmp_path / "work")
+def test_one_bad_upload_stops_the_run_before_any_model_call(pipeline, tmp_path, monkeypatch):
+    actions = DemoActions(pipeline, tmp_path / "work")
     good = png(tmp_path / "good.png", noise())
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(UploadError, match="bad.png"):
@@ -144,13 +144,13 @@ def test_one_bad_upload_stops_the_run_before_any_model_call(frames, tmp_path, mo
         actions.restore([good, good])
 
 
-def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(frames, tmp_path):
+def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(pipeline, tmp_path):
     from engine.faces.bundled import bundled_faces
 
     photo = png(tmp_path / "hopper.png", bundled_faces()["grace_hopper"])
-    actions = DemoActions(frames, tmp_path / "work")
+    actions = DemoActions(pipeline, tmp_path / "work")
     first = actions.degrade_restore(photo, seed=7)
-    side = frames.size
+    side = pipeline.size
     assert first.clean.shape == first.degraded.shape == first.restored.shape == (side, side, 3)
     assert not np.array_equal(first.degraded, first.clean)
     for name in ("degraded", "restored"):
@@ -163,12 +163,12 @@ def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(fram
     assert again.metrics == first.metrics
 
 
-def test_a_sequence_is_restored_per_frame_and_fused_with_its_flicker_measured(frames, tmp_path):
+def test_a_sequence_is_restored_per_frame_and_fused_with_its_flicker_measured(pipeline, tmp_path):
     from engine.temporal.bench import moving_face
 
     shot = [png(tmp_path / f"f_{k + 1}.png", np.rint(f * 255).astype(np.uint8))
             for k, f in enumerate(moving_face(frames=5, size=64))]
-    actions = DemoActions(frames, tmp_path / "work")
+    actions = DemoActions(pipeline, tmp_path / "work")
     r = actions.sequence(shot[::-1], "off")  # uploaded in any order, restored in name order
     assert r.names == [f"f_{k}.png" for k in range(1, 6)]
     assert {k: len(v) for k, v in r.flicker.items()} == {"input": 4, "per-frame": 4, "temporal": 4}
@@ -204,13 +204,13 @@ def test_the_page_asks_for_the_licence_before_the_first_restore(tmp_path, monkey
 
     from blender_addon.engine_link.licenses import NVIDIA_DIFIX
     from engine.demo.page import build_page
-    from engine.faces.restore import FrameRestorer
-    from engine.runtime import Restorer
+    from engine.faces.restore import FramePipeline
+    from engine.runtime import ModelRunner
 
     monkeypatch.delenv("SPLAT_RESTORE_ACCEPT_LICENSE", raising=False)
-    restorer = Restorer.from_pretrained(make_tiny_difix(tmp_path / "difix"), accept_license=True, device="cpu",
+    restorer = ModelRunner.from_pretrained(make_tiny_difix(tmp_path / "difix"), accept_license=True, device="cpu",
                                         compile="off")
-    page = build_page(DemoActions(FrameRestorer(restorer), tmp_path / "work"), "nvidia/difix", NVIDIA_DIFIX)
+    page = build_page(DemoActions(FramePipeline(restorer), tmp_path / "work"), "nvidia/difix", NVIDIA_DIFIX)
     restore = next(f.fn for f in page.fns.values() if f.name == "restore")
     image = str(png(tmp_path / "render.png", noise(64, 64)))
     refused = restore([image], "off", False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.model import SplatRestorer
+from engine.model import Pix2PixTurbo
 from engine.runtime import DeviceError, pick_device, unused_gpu_note
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_out_of_memory_at_load_is_one_clear_line(tiny_weights, frame, tmp_path, 
     def to(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.7 GiB total)")
 
-    monkeypatch.setattr(SplatRestorer, "to", to)
+    monkeypatch.setattr(Pix2PixTurbo, "to", to)
     assert main(["restore", str(frame), "-o", str(tmp_path / "o"), "--weights", str(tiny_weights),
                  "--device", "cpu"]) == 1
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 from engine.cli import main
 from engine.faces.align import FaceFrame, blend_mask, frame_from_landmarks, paste_changes
 from engine.faces.detect import REACH, scan_squares
-from engine.faces.restore import FrameRestorer
+from engine.faces.restore import FramePipeline
 from engine.images import read_image
 
 pytest.importorskip("mediapipe")
@@ -109,8 +109,8 @@ def test_a_face_too_small_for_the_whole_frame_search_is_found_by_the_tile_scan(f
 
 def test_a_face_partly_outside_the_frame_is_found_and_pasted_inside_it(faces, truth, detector):
     canvas, expected = compose(faces, truth, (720, 1280), [("grace_hopper", -150, 200, 0.9)])
-    frames = FrameRestorer(Brighten(), detector=detector)
-    result = frames.restore([canvas], ["auto"])[0]
+    pipeline = FramePipeline(Brighten(), detector=detector)
+    result = pipeline.restore([canvas], ["auto"])[0]
     assert len(result.faces) == 1
     x, y, w, h = result.faces[0].box
     assert x < 0 < x + w  # the crop square leaves the frame on the left
@@ -129,7 +129,7 @@ def test_a_face_the_mesh_cannot_read_is_framed_from_the_detector_and_reported(fa
 
     monkeypatch.setattr(detector._mesh, "process", lambda image: Unreadable())
     canvas, expected = compose(faces, truth, (720, 1280), [("astronaut", 300, 100, 1.0)])
-    result = FrameRestorer(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
     assert len(result.faces) == 1 and result.faces[0].landmarks is False
     found = detector.detect((canvas * 255).round().astype(np.uint8))
     _match([f.frame for f in found], expected, tolerance=0.05)  # the training framing, near enough
@@ -139,7 +139,7 @@ def test_a_frame_without_a_face_passes_through_unchanged_and_says_so(detector):
     rng = np.random.default_rng(0)
     canvas = cv2.GaussianBlur(rng.random((600, 900, 3)).astype(np.float32), (0, 0), 3)
     model = Identity()
-    result = FrameRestorer(model, detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(model, detector=detector).restore([canvas], ["auto"])[0]
     assert result.faces == [] and np.array_equal(result.rgb, canvas)
     assert "no face" in result.note and model.calls == []
 
@@ -148,7 +148,7 @@ def test_with_an_identity_model_the_pasted_frame_equals_the_input(faces, truth, 
     canvas, _ = compose(faces, truth, (1080, 1920), [("astronaut", 60, 80, 1.0), ("grace_hopper", 1000, 200, 1.2),
                                                      ("astronaut", 1500, 650, 0.5)])
     model = Identity()
-    result = FrameRestorer(model, detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(model, detector=detector).restore([canvas], ["auto"])[0]
     assert len(result.faces) == 3
     assert model.calls == [3]  # every face of the frame in one model call
     assert np.abs(result.rgb - canvas).max() <= 0.5 / 255
@@ -157,7 +157,7 @@ def test_with_an_identity_model_the_pasted_frame_equals_the_input(faces, truth, 
 def test_changes_land_on_face_and_hair_fade_smoothly_and_leave_the_rest_exact(faces, truth, detector):
     canvas, expected = compose(faces, truth, (720, 1280), [("astronaut", 300, 100, 1.0)])
     canvas *= 0.75  # nothing near white, so the +0.2 change is never clipped
-    result = FrameRestorer(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
     change = (result.rgb - canvas).mean(2)
     e = expected[0]
     face = change[int(e.cy - e.side * 0.1):int(e.cy + e.side * 0.2), int(e.cx - e.side * 0.1):int(e.cx + e.side * 0.1)]
@@ -173,7 +173,7 @@ def test_changes_land_on_face_and_hair_fade_smoothly_and_leave_the_rest_exact(fa
 def test_only_crops_returns_the_restored_crops_and_no_frame(faces, truth, detector):
     canvas, _ = compose(faces, truth, (720, 1280), [("astronaut", 100, 100, 1.0), ("grace_hopper", 700, 100, 0.8)])
     small = canvas[:400, :400]  # no larger than the model: still searched for faces in only-crops mode
-    results = FrameRestorer(Identity(), detector=detector).restore([canvas, small], ["only-crops", "only-crops"])
+    results = FramePipeline(Identity(), detector=detector).restore([canvas, small], ["only-crops", "only-crops"])
     assert results[0].rgb is None and len(results[0].crops) == 2
     assert all(c.shape == (512, 512, 3) for c in results[0].crops)
     assert len(results[1].crops) == 1
@@ -181,14 +181,14 @@ def test_only_crops_returns_the_restored_crops_and_no_frame(faces, truth, detect
 
 def test_frames_no_larger_than_the_model_are_restored_whole_in_auto_mode(detector):
     canvas = np.full((512, 400, 3), 0.5, np.float32)
-    result = FrameRestorer(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
     assert result.mode == "whole" and np.allclose(result.rgb, 0.7)
 
 
 def test_scale_is_reported_per_face_and_big_faces_are_reduced(faces, truth, detector):
     canvas, expected = compose(faces, truth, (1440, 2560), [("grace_hopper", 100, 100, 2.0),
                                                             ("astronaut", 1800, 900, 0.7)])
-    result = FrameRestorer(Identity(), detector=detector).restore([canvas], ["auto"])[0]
+    result = FramePipeline(Identity(), detector=detector).restore([canvas], ["auto"])[0]
     scales = sorted(f.scale for f in result.faces)
     assert len(scales) == 2 and scales[0] < 1 < scales[1]  # the large face reduced to 512, the small one enlarged
     for f, e in zip(sorted(result.faces, key=lambda f: f.scale), sorted(expected, key=lambda e: -e.side)):
@@ -292,13 +292,13 @@ def test_a_min_face_below_8_pixels_or_not_a_number_is_a_usage_error(value, tmp_p
 
 
 def test_face_crops_are_restored_in_one_piece_even_with_a_smaller_tile(faces, truth, tiny_weights, detector):
-    from engine.runtime import Restorer
+    from engine.runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", tile=64)
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", tile=64)
     restorer.model_size = 128  # as if trained at 128: crops of 128 must not be cut into 64-pixel tiles
     calls = []
     run_model = restorer.run_model
     restorer.run_model = lambda batch: calls.append(batch.shape) or run_model(batch)
     canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6)])
-    FrameRestorer(restorer, detector=detector).restore([canvas], ["auto"])
+    FramePipeline(restorer, detector=detector).restore([canvas], ["auto"])
     assert calls == [(1, 128, 128, 3)]

@@ -66,12 +66,12 @@ def test_frames_no_larger_than_the_model_need_no_mediapipe(no_mediapipe, tiny_we
 
 def test_service_serves_whole_frames_and_fails_face_frames_without_retrying_the_import(no_mediapipe, tiny_weights,
                                                                                        tmp_path):
-    from engine.faces.restore import FrameRestorer
-    from engine.runtime import Restorer
+    from engine.faces.restore import FramePipeline
+    from engine.runtime import ModelRunner
     from engine.service import Service
 
     out = io.BytesIO()
-    service = Service(FrameRestorer(Restorer.from_pretrained(tiny_weights, device="cpu")), out)
+    service = Service(FramePipeline(ModelRunner.from_pretrained(tiny_weights, device="cpu")), out)
     assert service.describe()["faces"]["available"] is False
     for k in range(3):
         items = [{"input": str(_write(tmp_path / f"big{k}.png", 80)), "output": str(tmp_path / "o" / f"big{k}.png")},

@@ -17,11 +17,11 @@ def test_bench_compares_reference_eager_fast_and_cold_start_with_one_model_at_a_
     import gc
 
     from engine.benches import speed
-    from engine.model import SplatRestorer
+    from engine.model import Pix2PixTurbo
 
     def restorers() -> int:
         gc.collect()
-        return sum(type(o) is SplatRestorer for o in gc.get_objects())
+        return sum(type(o) is Pix2PixTurbo for o in gc.get_objects())
 
     alive = []
     real = speed.FastForward
@@ -50,9 +50,9 @@ def test_bench_compares_reference_eager_fast_and_cold_start_with_one_model_at_a_
 def test_half_precision_overflow_fails_the_frame_with_advice(tiny_weights):
     import numpy as np
 
-    from engine.runtime import Restorer
+    from engine.runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(tiny_weights, device="cpu", dtype="fp16", compile="off")
+    restorer = ModelRunner.from_pretrained(tiny_weights, device="cpu", dtype="fp16", compile="off")
     restorer.forward = lambda x: x * float("nan")  # what an fp16 overflow in the VAE looks like after clamp
     with pytest.raises(RuntimeError, match="--dtype fp32"):
         restorer.restore([np.zeros((64, 64, 3), np.float32)])

@@ -13,7 +13,7 @@ import pytest
 from blender_addon.engine_link import protocol
 from blender_addon.engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
 from engine.images import read_image
-from engine.runtime import Restorer
+from engine.runtime import ModelRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_restore_one_frame_matches_the_restorer(engine, tiny_weights, tmp_path):
     src = _image(tmp_path / "in.png")
     result = engine.restore([(src, tmp_path / "out.png")]).wait(60)
     assert result["restored"] == 1
-    expected = Restorer.from_pretrained(tiny_weights, device="cpu").restore([read_image(src).rgb])[0]
+    expected = ModelRunner.from_pretrained(tiny_weights, device="cpu").restore([read_image(src).rgb])[0]
     assert np.abs(read_image(tmp_path / "out.png").rgb - expected).max() <= 0.5 / 255 + 1e-6
 
 

@@ -12,7 +12,7 @@ from blender_addon.engine_link.protocol import ProtocolError, parse_request
 from blender_addon.engine_link.scan import natural_key
 from engine.cli import main
 from engine.images import read_image
-from engine.runtime import Restorer
+from engine.runtime import ModelRunner
 from engine.temporal.bench import fuse_sequence, kept_change, moving_face, moving_frame, quality, synthetic_change
 from engine.temporal.flicker import measure
 from engine.temporal.fusion import TemporalFusion, changed_box
@@ -21,7 +21,7 @@ from engine.temporal.sequences import Sequences
 
 @pytest.fixture(scope="module")
 def restorer(tiny_weights):
-    return Restorer.from_pretrained(tiny_weights, device="cpu")
+    return ModelRunner.from_pretrained(tiny_weights, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +101,19 @@ def test_only_pixels_the_model_changed_are_fused_and_the_rest_keep_their_values(
 
 
 def test_tiled_frames_are_fused_as_whole_frames(tiny_weights):
-    tiled = Restorer.from_pretrained(tiny_weights, device="cpu", tile=64)
+    tiled = ModelRunner.from_pretrained(tiny_weights, device="cpu", tile=64)
     q = quality(tiled.restore, moving_face(6, 128))  # 128 px in overlapping 64 px tiles
     assert q["temporal_vs_per_frame"] <= 0.6 and q["kept_change"] >= 0.7
 
 
 def test_faces_mode_frames_are_fused_after_paste_back_and_the_rest_keeps_its_values(restorer):
     from engine.benches.faces import compose_frame
-    from engine.faces.restore import FrameRestorer
+    from engine.faces.restore import FramePipeline
 
     still = compose_frame(1280, 720, 1)
     frames = [cv2.warpAffine(still, np.float32([[1, 0, 0.35 * t], [0, 1, 0.2 * t]]), (1280, 720),
                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for t in range(6)]
-    results = FrameRestorer(restorer).restore(frames, ["auto"] * len(frames))
+    results = FramePipeline(restorer).restore(frames, ["auto"] * len(frames))
     assert all(r.mode == "faces" and len(r.faces) == 1 for r in results)
     per_frame = [r.rgb for r in results]
     fused = fuse_sequence(frames, per_frame)

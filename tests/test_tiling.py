@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runtime import Restorer
+from engine.runtime import ModelRunner
 from engine.tiling import blend_tiles, plan_tiles, tile_weight
 
 
@@ -40,8 +40,8 @@ def test_tiles_cover_the_frame_and_weights_sum_to_one(h, w):
 
 def test_tiled_equals_whole_for_a_pointwise_model():
     image = np.random.default_rng(0).random((300, 200, 3), dtype=np.float32)
-    tiled = Restorer(PointwiseModel(), device="cpu", tile=64, overlap=16).restore([image])[0]
-    whole = Restorer(PointwiseModel(), device="cpu", tile=512).restore([image])[0]
+    tiled = ModelRunner(PointwiseModel(), device="cpu", tile=64, overlap=16).restore([image])[0]
+    whole = ModelRunner(PointwiseModel(), device="cpu", tile=512).restore([image])[0]
     assert tiled.shape == image.shape
     assert np.abs(tiled - whole).max() < 1e-6
 
@@ -49,14 +49,14 @@ def test_tiled_equals_whole_for_a_pointwise_model():
 def test_no_visible_seam_with_a_real_receptive_field():
     y, x = np.mgrid[0:256, 0:256] / 255.0
     image = np.stack([x, y, (x + y) / 2], axis=2).astype(np.float32)
-    tiled = Restorer(BlurModel(), device="cpu", tile=64, overlap=16).restore([image])[0]
-    whole = Restorer(BlurModel(), device="cpu", tile=512).restore([image])[0]
+    tiled = ModelRunner(BlurModel(), device="cpu", tile=64, overlap=16).restore([image])[0]
+    whole = ModelRunner(BlurModel(), device="cpu", tile=512).restore([image])[0]
     # the tile edges see replicate padding instead of neighbours; blending hides it to well below one 8-bit level
     assert np.abs(tiled - whole).max() < 0.5 / 255
 
 
 def test_odd_sizes_come_back_at_their_own_size(tiny_weights):
-    r = Restorer.from_pretrained(tiny_weights, device="cpu")
+    r = ModelRunner.from_pretrained(tiny_weights, device="cpu")
     images = [np.random.default_rng(i).random(s, dtype=np.float32) for i, s in
               enumerate([(37, 51, 3), (64, 64, 3), (1, 9, 3), (130, 70, 3)])]
     for img, out in zip(images, r.restore(images)):
@@ -66,7 +66,7 @@ def test_odd_sizes_come_back_at_their_own_size(tiny_weights):
 
 def test_batching_does_not_change_results(tiny_weights):
     images = [np.random.default_rng(i).random((48, 56, 3), dtype=np.float32) for i in range(3)]
-    one = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=1).restore(images)
-    three = Restorer.from_pretrained(tiny_weights, device="cpu", batch_size=3).restore(images)
+    one = ModelRunner.from_pretrained(tiny_weights, device="cpu", batch_size=1).restore(images)
+    three = ModelRunner.from_pretrained(tiny_weights, device="cpu", batch_size=3).restore(images)
     for a, b in zip(one, three):
         assert np.abs(a - b).max() < 1e-5

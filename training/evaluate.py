@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.atomic import atomic_path, write_bytes_atomic
-from engine.runtime import Restorer
+from engine.runtime import ModelRunner
 
 from .dataset import PairDataset
 from .perceptual import PerceptualLoss
@@ -58,7 +58,7 @@ def evaluate(weights: str, pairs: str, split: str = "test", base: str | None = N
              vgg_weights: str | None = None, random_vgg: bool = False, grid: str | None = None,
              grid_count: int = 6, batch_size: int = 1, accept_license: bool = False, progress: bool = False) -> dict:
     data = PairDataset(pairs, split, size=1)
-    restorer = Restorer.from_pretrained(weights, base, accept_license, device=device, batch_size=batch_size)
+    restorer = ModelRunner.from_pretrained(weights, base, accept_license, device=device, batch_size=batch_size)
     perceptual = PerceptualLoss(vgg_weights, random_init=random_vgg).to(restorer.device)
     sums = {"restored": {"lpips": 0.0, "psnr": 0.0, "ssim": 0.0}, "degraded": {"lpips": 0.0, "psnr": 0.0, "ssim": 0.0}}
     rows, names = [], []

@@ -13,7 +13,7 @@ from contextlib import closing
 import cv2
 import numpy as np
 
-from ..faces.restore import FrameRestorer, Timings
+from ..faces.restore import FramePipeline, Timings
 
 
 class IdentityModel:
@@ -50,13 +50,13 @@ def compose_frame(width: int, height: int, faces: int) -> np.ndarray:
 def run(weights: str | None, base: str | None, width: int, height: int, faces: int, repeats: int, device: str,
         min_face: int) -> dict:
     if weights:
-        from ..runtime import Restorer
+        from ..runtime import ModelRunner
 
-        restorer = Restorer.from_pretrained(weights, base, device=device)
+        restorer = ModelRunner.from_pretrained(weights, base, device=device)
     else:
         restorer = IdentityModel()
     frame = compose_frame(width, height, faces)
-    with closing(FrameRestorer(restorer, min_face)) as pipeline:  # graphs closed: no native thread left at exit
+    with closing(FramePipeline(restorer, min_face)) as pipeline:  # graphs closed: no native thread left at exit
         return _time_stages(pipeline, frame, weights, faces, repeats, restorer)
 
 

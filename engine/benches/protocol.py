@@ -19,12 +19,12 @@ def run(weights: str, base: str | None, frames: int, size: int, device: str) -> 
 
     from blender_addon.engine_link.client import EngineClient, EngineSettings
 
-    from ..faces.restore import FrameRestorer
+    from ..faces.restore import FramePipeline
     from ..images import read_image
     from ..jobs import Item, restore_items
-    from ..runtime import Restorer
+    from ..runtime import ModelRunner
 
-    restorer = Restorer.from_pretrained(weights, base, device=device)
+    restorer = ModelRunner.from_pretrained(weights, base, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def run(weights: str, base: str | None, frames: int, size: int, device: str) -> 
         model_ms = (time.perf_counter() - t) / frames * 1000
 
         t = time.perf_counter()
-        restore_items(FrameRestorer(restorer), [Item(p, tmp / "job" / p.name) for p in inputs])
+        restore_items(FramePipeline(restorer), [Item(p, tmp / "job" / p.name) for p in inputs])
         job_ms = (time.perf_counter() - t) / frames * 1000
 
         client = EngineClient(EngineSettings(sys.executable, str(weights), base or "", device=device))

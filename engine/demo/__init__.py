@@ -39,8 +39,8 @@ def run(a) -> int:
     from blender_addon.engine_link.licenses import license_by_id
 
     from ..faces.detect import faces_unavailable
-    from ..faces.restore import FrameRestorer
-    from ..runtime import Restorer, warn_if_gpu_unused
+    from ..faces.restore import FramePipeline
+    from ..runtime import ModelRunner, warn_if_gpu_unused
     from .actions import DemoActions
     from .uploads import MAX_UPLOAD_MB
 
@@ -54,7 +54,7 @@ def run(a) -> int:
     if not is_loopback(a.host):
         print(network_warning(a.host, a.port), file=sys.stderr)
     # the page asks each visitor to accept a licence before their first restore, so loading does not ask here
-    restorer = Restorer.from_pretrained(a.weights, a.base, accept_license=True, device=a.device, dtype=a.dtype,
+    restorer = ModelRunner.from_pretrained(a.weights, a.base, accept_license=True, device=a.device, dtype=a.dtype,
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile,
                                         compile_cache=a.compile_cache)
     warn_if_gpu_unused(a.device, restorer.device)
@@ -64,8 +64,8 @@ def run(a) -> int:
     lic = license_by_id(restorer.info.license) if restorer.info else None
     if lic:
         print(f"weights under the {lic.name}: the page asks for acceptance before the first restore", file=sys.stderr)
-    frames = FrameRestorer(restorer, a.min_face)
-    actions = DemoActions(frames, share_folder=share)
+    pipeline = FramePipeline(restorer, a.min_face)
+    actions = DemoActions(pipeline, share_folder=share)
     page = build_page(actions, restorer.info.source if restorer.info else str(a.weights), lic)
     page.queue(default_concurrency_limit=1, max_size=64)
     try:
@@ -76,6 +76,6 @@ def run(a) -> int:
         print(f"error: cannot listen on {a.host}:{a.port}: {e}; pick another with --port", file=sys.stderr)
         return 1
     finally:
-        frames.close()
+        pipeline.close()
         shutil.rmtree(actions.workdir, ignore_errors=True)  # the downloads; --share-folder keeps its copies
     return 0

@@ -1,5 +1,5 @@
 """What the web page does, without the page: restore uploads, degrade a clean face and restore it, restore a
-sequence per frame and with temporal fusion. One loaded FrameRestorer (the one `serve` uses: fast path, buckets,
+sequence per frame and with temporal fusion. One loaded FramePipeline (the one `serve` uses: fast path, buckets,
 face-aware restore) serves them all; a lock keeps model calls one at a time whatever the web server's threads do.
 """
 from __future__ import annotations
@@ -92,8 +92,8 @@ class SequenceResult:
 
 
 class DemoActions:
-    def __init__(self, frames, workdir: str | Path | None = None, share_folder: str | Path | None = None):
-        self.frames = frames  # faces.restore.FrameRestorer
+    def __init__(self, pipeline, workdir: str | Path | None = None, share_folder: str | Path | None = None):
+        self.pipeline = pipeline  # faces.restore.FramePipeline
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splat-restore-demo-"))
         self.share_folder = Path(share_folder) if share_folder else None
         self.lock = threading.Lock()
@@ -113,9 +113,9 @@ class DemoActions:
         for k, (name, frame) in enumerate(frames):
             progress(k / len(frames), f"restoring {name}")
             with self.lock:
-                result = self.frames.restore([frame.rgb], [faces])[0]
+                result = self.pipeline.restore([frame.rgb], [faces])[0]
             rgb = frame.rgb if result.rgb is None else result.rgb  # only-crops is not offered on the page
-            png = encode_image(frame, rgb, ".png", self.frames.provenance)
+            png = encode_image(frame, rgb, ".png", self.pipeline.provenance)
             path = self._keep(run, f"{safe_stem(name)}_restored.png", png)
             results.append(Restored(name, to_uint8(frame.rgb), to_uint8(rgb), path, result.note))
         progress(1.0, "done")
@@ -151,7 +151,7 @@ class DemoActions:
         progress(0.1, "finding the face")
         parser, notes = self._face_parser()
         with self.lock:  # mediapipe's graphs are not for two threads at once either
-            crop, regions = crop_with_regions(image, parser, self.frames.size)
+            crop, regions = crop_with_regions(image, parser, self.pipeline.size)
         if not regions.found:
             regions = whole_image(crop, parser.name)
             notes.append("no face found: the centre was cropped and degraded as one region")
@@ -160,7 +160,7 @@ class DemoActions:
         degraded, _, _ = degrade(crop, regions.masks, int(seed), DegradeConfig(), face_size)
         progress(0.5, "restoring")
         with self.lock:
-            restored = self.frames.restore([degraded.astype(np.float32) / 255], ["off"])[0].rgb
+            restored = self.pipeline.restore([degraded.astype(np.float32) / 255], ["off"])[0].rgb
         progress(0.8, "measuring")
         metrics, note = self._metrics(crop, {"degraded": degraded.astype(np.float32) / 255, "restored": restored})
         if note:
@@ -196,8 +196,8 @@ class DemoActions:
         from training.perceptual import PerceptualLoss
 
         if self._perceptual is None:
-            self._perceptual = PerceptualLoss().to(self.frames.restorer.device).eval()
-        perceptual, device = self._perceptual, self.frames.restorer.device
+            self._perceptual = PerceptualLoss().to(self.pipeline.runner.device).eval()
+        perceptual, device = self._perceptual, self.pipeline.runner.device
 
         def tensor(a):
             return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].to(device) * 2 - 1
@@ -217,14 +217,14 @@ class DemoActions:
         for k, (name, frame) in enumerate(named):
             progress(0.8 * k / len(named), f"restoring frame {k + 1} of {len(named)}")
             with self.lock:
-                restored = self.frames.restore([frame.rgb], [faces])[0].rgb
+                restored = self.pipeline.restore([frame.rgb], [faces])[0].rgb
             per_frame.append(to_uint8(restored))
             files[f"per_frame/{k:04d}_{safe_stem(name)}.png"] = encode_image(frame, restored, ".png",
-                                                                            self.frames.provenance)
+                                                                            self.pipeline.provenance)
             fused = fusion.fuse(frame.rgb, restored)  # writes into `restored`, used above already
             temporal.append(to_uint8(fused))
             files[f"temporal/{k:04d}_{safe_stem(name)}.png"] = encode_image(frame, fused, ".png",
-                                                                           self.frames.provenance)
+                                                                           self.pipeline.provenance)
         progress(0.85, "measuring flicker")
         inputs = [f.rgb for _, f in named]
         reports = measure_many({name: (x.astype(np.float32) / 255 for x in images)

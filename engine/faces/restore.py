@@ -57,31 +57,31 @@ class Timings:
     frames: int = 0
 
 
-class FrameRestorer:
-    """A Restorer plus the face pipeline. `restore(images, modes)` takes float32 (H, W, 3) frames in [0, 1]."""
+class FramePipeline:
+    """A ModelRunner plus the face pipeline. `restore(images, modes)` takes float32 (H, W, 3) frames in [0, 1]."""
 
-    def __init__(self, restorer, min_face: int = 72, detector=None):
-        self.restorer = restorer
+    def __init__(self, runner, min_face: int = 72, detector=None):
+        self.runner = runner
         self.min_face = int(min_face)
         self._detector, self._detector_given = detector, detector is not None
         self.timings = Timings()
 
     @property
     def batch_size(self) -> int:
-        return self.restorer.batch_size
+        return self.runner.batch_size
 
     @property
     def size(self) -> int:
-        return self.restorer.model_size
+        return self.runner.model_size
 
     @property
     def provenance(self) -> dict[str, str]:
-        return self.restorer.provenance
+        return self.runner.provenance
 
     def describe(self) -> dict:
         from .detect import faces_unavailable
 
-        return {**self.restorer.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
+        return {**self.runner.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
                                                       "crop_size": self.size,
                                                       "available": faces_unavailable() is None}}
 
@@ -113,7 +113,7 @@ class FrameRestorer:
         whole = [i for i, (img, m) in enumerate(zip(images, modes)) if not self.uses_faces(img, m)]
         if whole:
             t = time.perf_counter()
-            for i, rgb in zip(whole, self.restorer.restore([images[i] for i in whole])):
+            for i, rgb in zip(whole, self.runner.restore([images[i] for i in whole])):
                 results[i] = FrameResult(rgb, "whole")
             self.timings.model += time.perf_counter() - t
         found = {}  # frame index -> [(DetectedFace, crop, mask)]
@@ -122,7 +122,7 @@ class FrameRestorer:
                 found[i] = self._cut_faces(img)
         crops = [c for faces in found.values() for _, c, _ in faces]
         t = time.perf_counter()
-        restored = iter(self.restorer.restore(crops, tiled=False) if crops else [])
+        restored = iter(self.runner.restore(crops, tiled=False) if crops else [])
         self.timings.model += time.perf_counter() - t
         t = time.perf_counter()
         for i, faces in found.items():

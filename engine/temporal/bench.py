@@ -51,7 +51,7 @@ def kept_change(fused: list, restored: list, frames: list) -> float:
 
 
 def quality(restore, frames: list, config: FusionConfig | None = None) -> dict:
-    """`restore`: list of frames -> list of per-frame restores (a runtime.Restorer's restore)."""
+    """`restore`: list of frames -> list of per-frame restores (a runtime.ModelRunner's restore)."""
     restored = restore(frames)
     fused = fuse_sequence(frames, restored, config)
     reports = measure_many({"per_frame": restored, "temporal": fused}, frames)
@@ -108,9 +108,9 @@ def cost(width: int, height: int, frames: int, faces: bool) -> dict:
 def run(weights: str | None, base: str | None, device: str, width: int, height: int, frames: int) -> dict:
     report = {"cost": [cost(width, height, frames, faces=True), cost(width, height, frames, faces=False)]}
     if weights:
-        from ..runtime import Restorer
+        from ..runtime import ModelRunner
 
-        restorer = Restorer.from_pretrained(weights, base, device=device)
+        restorer = ModelRunner.from_pretrained(weights, base, device=device)
         report["quality"] = quality(restorer.restore, moving_face(24, restorer.model_size))
     return report
 

@@ -1,4 +1,4 @@
-"""Restorer checkpoints: one .safetensors file with what training changes, the prompt embedding and JSON metadata.
+"""ModelRunner checkpoints: one .safetensors file with what training changes, the prompt embedding and JSON metadata.
 
 Tensor keys are the model's parameter names with peft's adapter name and `.base_layer` taken out
 (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`, `vae.decoder.skip_conv_1.weight`), so they do not depend
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
-from ..model import LoraSpec, RestorerConfig, SplatRestorer
+from ..model import LoraSpec, RestorerConfig, Pix2PixTurbo
 
 FORMAT = "splat-restore"
 FORMAT_VERSION = 1
@@ -67,12 +67,12 @@ def canonical_key(name: str) -> str:
     return _ADAPTER_SEGMENT.sub(r".\1.", name).replace(".base_layer.", ".")
 
 
-def trainable_state(model: SplatRestorer) -> dict[str, torch.Tensor]:
+def trainable_state(model: Pix2PixTurbo) -> dict[str, torch.Tensor]:
     ids = {id(p) for p in model.trainable_parameters()}
     return {canonical_key(n): p.detach() for n, p in model.named_parameters() if id(p) in ids}
 
 
-def save_checkpoint(path: str | os.PathLike, model: SplatRestorer, info: CheckpointInfo) -> None:
+def save_checkpoint(path: str | os.PathLike, model: Pix2PixTurbo, info: CheckpointInfo) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in trainable_state(model).items()}
@@ -118,7 +118,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CheckpointInfo, dict[str, 
     return info, tensors
 
 
-def load_trainable_state(model: SplatRestorer, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_trainable_state(model: Pix2PixTurbo, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy tensors into the model's trainable parameters; every one must be there with the right shape."""
     params = {canonical_key(n): p for n, p in model.named_parameters()}
     wanted = set(trainable_state(model))

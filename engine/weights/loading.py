@@ -1,4 +1,4 @@
-"""Assembling a SplatRestorer from what `--weights` names: a Splat Restore checkpoint on a base model, or a folder
+"""Assembling a Pix2PixTurbo from what `--weights` names: a Splat Restore checkpoint on a base model, or a folder
 (or hub id) in Difix's published layout."""
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from blender_addon.engine_link.licenses import require_acceptance
 from . import published
 from .base import BaseModel, build_base_from_configs, load_base, resolve_base
 from .checkpoint import CheckpointError, CheckpointInfo, load_trainable_state, read_checkpoint, read_info
-from ..model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar, merge_lora
+from ..model import LoraSpec, RestorerConfig, Pix2PixTurbo, add_lora, add_skip_convs, alpha_bar, merge_lora
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pkl", ".pt", ".pth", ".ckpt", ".bin")
 
 
 def build_restorer(base: BaseModel, lora: LoraSpec, config: RestorerConfig | None = None,
-                   prompt_embeds: torch.Tensor | None = None) -> SplatRestorer:
+                   prompt_embeds: torch.Tensor | None = None) -> Pix2PixTurbo:
     """Skip convs + LoRA on the base, untrained (LoRA B = 0, skips = 1e-5): the starting point of training."""
     if config is None:
         config = RestorerConfig(timestep=999, alpha_bar=alpha_bar(base.scheduler_config, 999))
@@ -27,7 +27,7 @@ def build_restorer(base: BaseModel, lora: LoraSpec, config: RestorerConfig | Non
         prompt_embeds = torch.zeros(1, 77, base.unet.config.cross_attention_dim, device=device)
     add_skip_convs(base.vae)
     add_lora(base.unet, base.vae, lora)
-    return SplatRestorer(base.unet, base.vae, prompt_embeds, config)
+    return Pix2PixTurbo(base.unet, base.vae, prompt_embeds, config)
 
 
 def count_parameters(arch: str = "sd-turbo", lora: LoraSpec | None = None) -> dict:
@@ -62,7 +62,7 @@ def check_license(weights: str | os.PathLike, accepted: bool) -> CheckpointInfo:
 
 
 def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bool = True,
-                  check_base: bool = True, accept_license: bool = False) -> tuple[SplatRestorer, CheckpointInfo]:
+                  check_base: bool = True, accept_license: bool = False) -> tuple[Pix2PixTurbo, CheckpointInfo]:
     """The restorer `weights` describe (on `base`, else the checkpoint's own), LoRA merged unless `merge=False`.
     Weights under a licence load only when it was accepted (`accept_license` or the environment)."""
     info = check_license(weights, accept_license)
@@ -79,7 +79,7 @@ def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bo
     return model.eval().requires_grad_(False), info
 
 
-def _load_checkpoint(weights, base: str | None, check_base: bool) -> tuple[SplatRestorer, CheckpointInfo]:
+def _load_checkpoint(weights, base: str | None, check_base: bool) -> tuple[Pix2PixTurbo, CheckpointInfo]:
     info = read_info(weights)
     base_model = load_base(base or info.base)
     if check_base and base_model.fingerprint != info.base_fingerprint:

@@ -8,7 +8,7 @@
 
 Its forward is ours with another recipe (nv-tlabs/Difix3D src/model.py): input in [-1, 1], one UNet call at t=199
 with the prompt "remove degradation", DDPM's one-step x0, the skips at `gamma`. So this module only reads the
-recipe from the configs and fills our SplatRestorer with the folder's tensors; nothing else in the engine knows Difix.
+recipe from the configs and fills our Pix2PixTurbo with the folder's tensors; nothing else in the engine knows Difix.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from blender_addon.engine_link.licenses import NVIDIA_DIFIX
 
 from .base import BaseModelError, encode_prompt, read_config
 from .checkpoint import CheckpointError, CheckpointInfo
-from ..model import LoraSpec, RestorerConfig, SplatRestorer, add_lora, add_skip_convs, alpha_bar
+from ..model import LoraSpec, RestorerConfig, Pix2PixTurbo, add_lora, add_skip_convs, alpha_bar
 
 VAE_RECIPE_KEYS = ("lora_rank", "gamma", "ignore_skip")
 DIFIX_TIMESTEP = 199  # Difix3D's README and inference script: timesteps=[199]
@@ -62,8 +62,8 @@ def read_recipe(folder: Path, name: str) -> CheckpointInfo:
                           source=f"Difix published layout ({name})", notes=NOTES, license=NVIDIA_DIFIX.id)
 
 
-def load_published(folder: Path, info: CheckpointInfo) -> SplatRestorer:
-    """SplatRestorer with the folder's UNet and LoRA-wrapped VAE, LoRA not yet merged."""
+def load_published(folder: Path, info: CheckpointInfo) -> Pix2PixTurbo:
+    """Pix2PixTurbo with the folder's UNet and LoRA-wrapped VAE, LoRA not yet merged."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file
 
@@ -91,4 +91,4 @@ def load_published(folder: Path, info: CheckpointInfo) -> SplatRestorer:
         raise CheckpointError(f"weights file {weights}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
                               f"the config gives {tuple(expected[bad[0]].shape)}")
     vae.load_state_dict({k: v.float() for k, v in state.items()})
-    return SplatRestorer(unet, vae, encode_prompt(folder, info.prompt), info.restorer)
+    return Pix2PixTurbo(unet, vae, encode_prompt(folder, info.prompt), info.restorer)
