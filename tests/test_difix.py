@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 import types
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +201,23 @@ def test_environment_accepts_for_farms(difix, tmp_path):
     _face_png(tmp_path / "f.png")
     r = _engine("restore", tmp_path / "f.png", "-o", tmp_path / "o", "--weights", difix,
                 env={"SPLAT_RESTORE_ACCEPT_LICENSE": "1"})
-    assert r.returncode == 0, r.stderr and (tmp_path / "o" / "f.png").is_file()
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "f.png").is_file()
+
+
+@pytest.mark.parametrize("value, accepted", [("1", True), ("true", True), ("YES", True), (" yes ", True),
+                                             ("0", False), ("no", False), ("false", False), ("", False),
+                                             ("off", False), ("accept", False)])
+def test_only_an_explicit_yes_in_the_environment_accepts(monkeypatch, value, accepted):
+    """A farm that sets the variable to 0 or no has said no: that must never count as acceptance."""
+    from blender_addon.engine_link.licenses import LicenseNotAccepted, require_acceptance
+
+    monkeypatch.setenv("SPLAT_RESTORE_ACCEPT_LICENSE", value)
+    if accepted:
+        require_acceptance("nvidia-difix", "nvidia/difix", accepted=False)
+    else:
+        with pytest.raises(LicenseNotAccepted, match="non-commercial"):
+            require_acceptance("nvidia-difix", "nvidia/difix", accepted=False)
 
 
 def test_serve_refuses_with_a_ready_error_and_exit_2(difix):
@@ -284,5 +301,16 @@ def test_the_shipped_example_restores_with_difix_weights(difix, tmp_path):
     r = _engine("restore", ROOT / "examples", "-o", tmp_path / "restored", "--weights", difix, "--accept-license",
                 "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    restored = Image.open(tmp_path / "restored" / "splat_face.png")
-    assert restored.size == Image.open(ROOT / "examples" / "splat_face.png").size == (512, 512)
+    from engine.faces.restore import FramePipeline
+    from engine.images import read_image
+    from engine.runtime import ModelRunner
+
+    example = read_image(ROOT / "examples" / "splat_face.png").rgb
+    restored = read_image(tmp_path / "restored" / "splat_face.png").rgb
+    assert restored.shape == example.shape == (512, 512, 3)
+    # what the README promises: the model's changes pasted into the frame, not the input handed back
+    runner = ModelRunner.from_pretrained(difix, accept_license=True, device="cpu", compile="off")
+    with closing(FramePipeline(runner)) as pipeline:
+        expected = pipeline.restore([example], ["auto"])[0].rgb
+    assert np.abs(restored - expected).max() <= 1 / 255
+    assert np.abs(expected - example).mean() > 4 / 255

@@ -70,3 +70,24 @@ def test_batching_does_not_change_results(tiny_weights):
     three = ModelRunner.from_pretrained(tiny_weights, device="cpu", batch_size=3).restore(images)
     for a, b in zip(one, three):
         assert np.abs(a - b).max() < 1e-5
+
+
+class TileMeanModel(PointwiseModel):
+    """A restorer whose output depends on its whole tile (each tile comes back as its own mean colour), as a real
+    model's does a little: neighbouring tiles disagree, and only the blend across the overlap hides it."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+
+
+def test_tiles_that_disagree_meet_in_a_ramp_not_a_seam():
+    y, x = np.mgrid[0:192, 0:192] / 191.0
+    image = np.stack([x, y, x * y], axis=2).astype(np.float32)
+    out = ModelRunner(TileMeanModel(), device="cpu", tile=64, overlap=16).restore([image])[0]
+    step = max(np.abs(np.diff(out, axis=0)).max(), np.abs(np.diff(out, axis=1)).max())
+    tiles = plan_tiles(192, 192, 64, 16)
+    means = np.array([image[t.y:t.y + t.h, t.x:t.x + t.w].mean(axis=(0, 1)) for t in tiles])
+    disagreement = np.abs(np.diff(means.reshape(len(set(t.y for t in tiles)), -1, 3), axis=1)).max()
+    assert disagreement > 20 / 255  # the neighbours really disagree...
+    # ...and a linear ramp over 16 px spreads that over the overlap; a hard cut would show it all in one step
+    assert step < disagreement / 16 * 1.5

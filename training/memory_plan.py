@@ -24,6 +24,11 @@ def needs_checkpointing(resident: int, peak_batch1: int, batch: int, free: int, 
     return predicted_peak(resident, peak_batch1, batch, optimizer_state) > margin * (resident + free)
 
 
+def optimizer_state_bytes(params) -> int:
+    """AdamW keeps two fp32 moments per trainable value (the master weights are fp32 under mixed precision too)."""
+    return 2 * sum(p.numel() * 4 for p in params)
+
+
 def measure_and_plan(model, step_loss, device: torch.device, batch: int, size: int, log=print) -> bool:
     """One forward + backward at batch 1 on random data (`step_loss(x)` runs the model and the loss as training does,
     autocast included); the RNG is put back so the run itself is unchanged."""
@@ -42,7 +47,7 @@ def measure_and_plan(model, step_loss, device: torch.device, batch: int, size: i
         p.grad = None
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
-    moments = 2 * sum(p.numel() * 4 for p in params)
+    moments = optimizer_state_bytes(params)
     on = needs_checkpointing(resident, peak, batch, free, moments)
     gib = 2 ** 30
     log(f"memory plan: batch 1 peaks at {peak / gib:.1f} GiB ({resident / gib:.1f} resident), batch {batch} "
