@@ -151,7 +151,7 @@ def test_with_an_identity_model_the_pasted_frame_equals_the_input(faces, truth, 
     result = FramePipeline(model, detector=detector).restore([canvas], ["auto"])[0]
     assert len(result.faces) == 3
     assert model.calls == [3]  # every face of the frame in one model call
-    assert np.abs(result.rgb - canvas).max() <= 0.5 / 255
+    assert np.array_equal(result.rgb, canvas)  # the README's promise: exactly the input, not within half a level
 
 
 def test_changes_land_on_face_and_hair_fade_smoothly_and_leave_the_rest_exact(faces, truth, detector):
@@ -302,3 +302,20 @@ def test_face_crops_are_restored_in_one_piece_even_with_a_smaller_tile(faces, tr
     canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6)])
     FramePipeline(restorer, detector=detector).restore([canvas], ["auto"])
     assert calls == [(1, 128, 128, 3)]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_the_change_reaches_the_hair_and_spares_neck_clothes_and_background_inside_the_crop(faces, truth, detector,
+                                                                                            name):
+    canvas, expected = compose(faces, truth, (720, 1280), [(name, 300, 100, 1.0)])
+    canvas *= 0.75
+    result = FramePipeline(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
+    change = (result.rgb - canvas).mean(2)
+    e = expected[0]
+    x, y, w, h = result.faces[0].box
+    assert change[int(e.cy - 0.3 * e.side), int(e.cx)] > 0.15  # hair above the forehead gets the model's change
+    below_chin = change[int(e.cy + 0.4 * e.side):y + h, x:x + w]  # neck, collar, shoulders
+    beside = change[y:int(e.cy), x:x + int(0.1 * w)]  # the background left of the head
+    assert below_chin.size and beside.size
+    assert below_chin.max() < 0.02 and beside.max() < 0.02
+    assert (change[y:y + h, x:x + w] > 0.02).mean() < 0.6  # face and hair, not the crop's square
