@@ -1,10 +1,12 @@
-"""Image files: formats and bit depth kept, alpha untouched, bad files named with their problem."""
+"""Image files: formats, bit depth, grey and colour profile kept, alpha untouched, photos upright, bad files named
+with their problem."""
 import struct
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageCms, ImageOps
 
 from engine.images import ImageError, read_image, write_image
 
@@ -43,11 +45,12 @@ def test_alpha_is_written_back_untouched(tmp_path, dtype):
     assert np.array_equal(back[..., 3], rgba[..., 3]) and back[..., :3].max() == 0
 
 
-def test_grayscale_stays_grayscale(tmp_path):
-    gray = (np.arange(200, dtype=np.uint8).reshape(10, 20))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_grayscale_stays_grayscale(tmp_path, dtype):
+    gray = (np.arange(200, dtype=dtype).reshape(10, 20)) * (257 if dtype == np.uint16 else 1)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     frame = read_image(tmp_path / "g.png")
-    assert frame.grayscale and frame.rgb.shape == (10, 20, 3)
+    assert frame.grayscale and frame.rgb.shape == (10, 20, 3) and frame.bit_depth == 8 * gray.itemsize
     write_image(tmp_path / "o.png", frame, frame.rgb)
     assert np.array_equal(cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED), gray)
 
@@ -122,7 +125,7 @@ def test_a_frame_just_under_the_limit_passes_the_header_check(tmp_path):
 
     path = tmp_path / "big.png"
     path.write_bytes(_png_claiming(16_384, MAX_PIXELS // 16_384))
-    assert _check_header(path) == "PNG"
+    assert _check_header(path).format == "PNG"
     assert MAX_PIXELS * BYTES_PER_PIXEL <= MEMORY_BUDGET <= 8 * 1024 ** 3
 
 
@@ -155,3 +158,121 @@ def test_new_files_never_replace_one_that_exists(tmp_path, monkeypatch, hard_lin
     assert (tmp_path / "a.png").read_bytes() == b"theirs" and (tmp_path / "a-2.png").read_bytes() == b"theirs too"
     assert (tmp_path / "a-3.png").read_bytes() == b"mine" and (tmp_path / "b.png").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-2.png", "a-3.png", "a.png", "b.png"]  # no temporaries
+
+
+def _blocks(h=32, w=48, channels=3):
+    """Blocks of distinct colours, on JPEG's 16-pixel grid: any turn or mirror of it is far from it."""
+    rng = np.random.default_rng(7)
+    cells = rng.integers(0, 256, (h // 16, w // 16, channels), dtype=np.uint8)
+    return np.repeat(np.repeat(cells, 16, axis=0), 16, axis=1)
+
+
+def _photo(path, pixels, orientation=1, icc=None):
+    """`pixels` saved by Pillow as a camera or editor would: an EXIF orientation, a colour profile."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    options = {".jpg": {"quality": 98}, ".webp": {"lossless": True}}.get(path.suffix, {})
+    Image.fromarray(pixels).save(path, exif=exif, icc_profile=icc, **options)
+    return path
+
+
+def _as_displayed(path):
+    """What a viewer shows: Pillow's decoding with the file's orientation applied."""
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im))
+
+
+@pytest.mark.parametrize("suffix, orientation", [(".jpg", o) for o in range(2, 9)]
+                         + [(".webp", o) for o in (3, 6, 8)] + [(".tif", o) for o in (3, 6, 8)])
+def test_exif_orientation_is_applied_on_reading(tmp_path, suffix, orientation):
+    channels = 4 if suffix == ".webp" else 3  # alpha turns with the colour
+    src = _photo(tmp_path / f"phone{suffix}", _blocks(channels=channels), orientation)
+    frame = read_image(src)
+    upright = _as_displayed(src)
+    assert frame.size == (upright.shape[1], upright.shape[0])
+    assert np.abs(frame.rgb * 255 - upright[..., :3]).max() <= (8 if suffix == ".jpg" else 0.5)
+    if channels == 4:
+        assert np.array_equal(frame.alpha, upright[..., 3])
+
+
+def test_a_photo_whose_exif_cannot_be_parsed_is_read_as_stored(tmp_path):
+    good = _photo(tmp_path / "good.jpg", _blocks()).read_bytes()
+    junk = b"Exif\0\0not a TIFF header"
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(junk)) + junk
+    (tmp_path / "bad.jpg").write_bytes(good[:2] + app1 + good[2:])
+    assert read_image(tmp_path / "bad.jpg").size == (48, 32)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".png"])
+def test_upright_output_carries_no_orientation(tmp_path, suffix):
+    src = _photo(tmp_path / "phone.jpg", _blocks(), orientation=6)
+    frame = read_image(src)
+    out = tmp_path / f"restored{suffix}"
+    write_image(out, frame, frame.rgb)
+    with Image.open(out) as im:
+        assert im.getexif().get(0x0112, 1) == 1
+    shown, upright = _as_displayed(out).astype(int), _as_displayed(src)
+    assert shown.shape == upright.shape and np.abs(shown - upright).mean() <= 4  # JPEG twice; turned: about 80
+
+
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _profile_and_pixels(path):
+    with Image.open(path) as im:
+        return im.info.get("icc_profile"), np.asarray(im)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_icc_profile_is_carried_to_the_output(tmp_path, suffix):
+    src = _photo(tmp_path / f"in{suffix}", _blocks(), icc=SRGB_PROFILE)
+    frame = read_image(src)
+    out = tmp_path / f"out{suffix}"
+    write_image(out, frame, frame.rgb)
+    profile, pixels = _profile_and_pixels(out)
+    assert profile == SRGB_PROFILE
+    assert np.abs(pixels - frame.rgb * 255).mean() <= 4  # the rest of the file still reads (JPEG: 2.6)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
+def test_icc_profile_is_carried_beside_alpha(tmp_path, suffix):
+    rgba = _blocks(channels=4)
+    src = _photo(tmp_path / "in.png", rgba, icc=SRGB_PROFILE)
+    frame = read_image(src)
+    out = tmp_path / f"out{suffix}"
+    write_image(out, frame, frame.rgb)
+    profile, pixels = _profile_and_pixels(out)
+    assert profile == SRGB_PROFILE and np.array_equal(pixels, rgba)
+    assert np.array_equal(read_image(out).alpha, rgba[..., 3])  # OpenCV too (WebP: from the VP8X flags)
+
+
+def _grey_alpha_png_16(la):
+    """A 16-bit grey+alpha PNG, unfiltered (Pillow cannot write one)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    h, w, _ = la.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in la)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("suffix, depth", [(".png", 8), (".png", 16), (".tif", 8)])
+def test_grey_with_alpha_stays_grey_with_alpha(tmp_path, suffix, depth):
+    rng = np.random.default_rng(3)
+    la = rng.integers(0, 2 ** depth, (10, 20, 2)).astype(np.uint16 if depth == 16 else np.uint8)
+    src = tmp_path / f"la{suffix}"
+    if depth == 16:
+        src.write_bytes(_grey_alpha_png_16(la))
+    else:
+        Image.fromarray(la).save(src)
+    frame = read_image(src)
+    assert frame.grayscale and frame.bit_depth == depth and np.array_equal(frame.alpha, la[..., 1])
+    out = tmp_path / f"out{suffix}"
+    write_image(out, frame, frame.rgb)
+    if suffix == ".png":
+        assert out.read_bytes()[24:26] == bytes([depth, 4])  # IHDR: bit depth, colour type 4 (grey+alpha)
+        back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)  # OpenCV expands grey+alpha to BGRA
+        assert np.array_equal(back[..., 0], la[..., 0]) and np.array_equal(back[..., 3], la[..., 1])
+    else:
+        with Image.open(out) as im:
+            assert im.mode == "LA" and np.array_equal(np.asarray(im), la)

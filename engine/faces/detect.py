@@ -13,7 +13,9 @@ import contextlib
 import functools
 import math
 import os
+import re
 import sys
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -50,18 +52,55 @@ def faces_unavailable() -> str | None:
     return None
 
 
+# What mediapipe 0.10.21 logs while it builds and first runs its graphs, which alarms users: absl's info and warning
+# lines, absl's notice that it logs to stderr, TFLite's info lines. Its C++ logging writes to fd 2 itself and ignores
+# GLOG_*, TF_CPP_* and absl variables (checked), so these lines can only be taken out of fd 2's stream.
+_MEDIAPIPE_CHATTER = re.compile(rb"[IW]\d{4} \d+:\d+:\d+\.\d+ +\d+ [\w.-]+:\d+\] |INFO: |WARNING: All log messages "
+                                rb"before absl::InitializeLog\(\)")
+_FD2_FILTERED = threading.Lock()  # a second filter at once would save, then restore, the first one's pipe as fd 2
+
+
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 itself: mediapipe's C++ logging bypasses Python and ignores GLOG_* variables."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+def _without_mediapipe_chatter():
+    """fd 2 through a pipe whose lines reach the real stderr, less mediapipe's chatter. fd 2 is the whole process's,
+    so everything else written meanwhile (the background compile in another thread, a child process started now,
+    which keeps the pipe as its stderr) must still come out."""
+    with _FD2_FILTERED:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        forward = threading.Thread(target=_pass_on, args=(read_end, os.dup(saved)), name="stderr-filter",
+                                   daemon=True)
+        forward.start()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        try:
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # the pipe ends once no child process holds it either
+            os.close(saved)
+            forward.join(timeout=1.0)  # what was written meanwhile comes out before what follows
+
+
+def _pass_on(read_end: int, stderr: int) -> None:
+    """Lines from the pipe to `stderr` until every writer has closed the pipe."""
+    pending = b""
+    while chunk := os.read(read_end, 1 << 16):
+        *lines, pending = (pending + chunk).split(b"\n")
+        _write(stderr, b"".join(line + b"\n" for line in lines if not _MEDIAPIPE_CHATTER.match(line)))
+    if not _MEDIAPIPE_CHATTER.match(pending):
+        _write(stderr, pending)
+    os.close(read_end)
+    os.close(stderr)
+
+
+def _write(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:  # the real stderr is gone (closed, its reader dead): the pipe is drained all the same, so no
+        pass  # writer blocks on it
 
 
 @dataclass
@@ -125,7 +164,7 @@ class FaceDetector:
 
         self.min_face = int(min_face)
         solutions = mp.solutions
-        with _quiet_stderr():  # building and first running each graph logs C++ warnings that alarm users
+        with _without_mediapipe_chatter():  # building and first running each graph logs it
             self._detector = solutions.face_detection.FaceDetection(model_selection=1,  # full range
                                                                     min_detection_confidence=min_score)
             self._mesh = solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
