@@ -23,8 +23,6 @@ import torch
 from .model import Pix2PixTurbo
 
 COMPILE_MODES = ("auto", "off", "on")
-# dense bf16/fp16 throughput reachable by large GEMMs, used only to print the fraction of the compute floor
-PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 300.0}
 COMPILE_THREAD = "splat-restore-compile"
 
 
@@ -206,35 +204,3 @@ def compiling_now() -> bool:
     """Whether a FastForward of this process is in the middle of a compile."""
     return any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate())
 
-
-def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """FLOPs of one forward on `x` (matmuls and convolutions, as torch's flop counter sees them)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return float(counter.get_total_flops())
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def auto_batch_size(model: torch.nn.Module, size: int, device: torch.device, dtype: torch.dtype,
-                    cap: int = 16, headroom: float = 0.8) -> int:
-    """The largest batch (up to `cap`) whose activations fit in `headroom` of the free GPU memory, from one
-    measured batch-1 forward; 1 on CPU and MPS."""
-    if device.type != "cuda":
-        return 1
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
-    per_frame = max(1, torch.cuda.max_memory_allocated(device) - base)
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(cap, headroom * free // per_frame)))

@@ -6,6 +6,7 @@ Compiled = eager-fast through torch.compile (CUDA graphs, mode reduce-overhead, 
 One model is on the device at a time, so each peak memory is that model's own. Also prints the cold start (load plus
 one eager frame: what an artist waits for), the compile time into an empty cache, and the compile time of a restarted
 engine on that cache (measured in a fresh process by engine/benches/restart.py).
+The FLOP count, the cards' peak rates and the `auto` batch size live here too: only the benchmark uses them.
 """
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import time
 
 import torch
 
-from ..fastpath import FastForward, auto_batch_size, count_flops, peak_tflops
+from ..fastpath import FastForward
 from ..model import LoraSpec, merge_lora
 from ..runtime import pick_device, pick_dtype
+
+# dense bf16/fp16 throughput reachable by large GEMMs, used only to print the fraction of the compute floor
+PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 280.0, "L40S": 330.0, "RTX 4090": 300.0}
 
 
 def build_models(weights: str | None, base: str | None, arch: str, device: torch.device,
@@ -72,6 +76,39 @@ def _time(fn, x, repeats: int, device: torch.device) -> tuple[float, float | Non
     seconds = (time.perf_counter() - start) / repeats
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     return seconds, peak
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one forward on `x` (matmuls and convolutions, as torch's flop counter sees them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def auto_batch_size(model: torch.nn.Module, size: int, device: torch.device, dtype: torch.dtype,
+                    cap: int = 16, headroom: float = 0.8) -> int:
+    """The largest batch (up to `cap`) whose activations fit in `headroom` of the free GPU memory, from one
+    measured batch-1 forward; 1 on CPU and MPS."""
+    if device.type != "cuda":
+        return 1
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
+    per_frame = max(1, torch.cuda.max_memory_allocated(device) - base)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(cap, headroom * free // per_frame)))
 
 
 @torch.inference_mode()  # inference tensors, as the engine passes: compiled code is guarded on it
