@@ -1,5 +1,6 @@
 """Face-aware restore on frames composed from real bundled faces at known places: found, framed as in training,
 restored in one batch, pasted back with no trace where the model changes nothing, reported per face."""
+import importlib.util
 import json
 import math
 
@@ -13,7 +14,8 @@ from engine.faces.detect import REACH, scan_squares
 from engine.faces.restore import FramePipeline
 from engine.images import read_image
 
-pytest.importorskip("mediapipe")
+# only what detects faces needs mediapipe (the faces extra): the paste and argument tests run without it
+needs_mediapipe = pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="mediapipe not installed")
 
 
 class Identity:
@@ -50,6 +52,7 @@ def faces():
 @pytest.fixture(scope="module")
 def truth(faces):
     """Each bundled face's crop square as training frames it, from the face mesh on the original photo."""
+    pytest.importorskip("mediapipe")
     from training.face_regions import MediapipeParser
 
     parser = MediapipeParser()
@@ -58,6 +61,7 @@ def truth(faces):
 
 @pytest.fixture(scope="module")
 def detector():
+    pytest.importorskip("mediapipe")
     from engine.faces.detect import FaceDetector
 
     return FaceDetector(min_face=48)
@@ -132,7 +136,7 @@ def test_a_face_the_mesh_cannot_read_is_framed_from_the_detector_and_reported(fa
     result = FramePipeline(Brighten(), detector=detector).restore([canvas], ["auto"])[0]
     assert len(result.faces) == 1 and result.faces[0].landmarks is False
     found = detector.detect((canvas * 255).round().astype(np.uint8))
-    _match([f.frame for f in found], expected, tolerance=0.05)  # the training framing, near enough
+    _match([f.frame for f in found], expected, tolerance=0.02)  # the README's promise: within 2 % of it
 
 
 def test_a_frame_without_a_face_passes_through_unchanged_and_says_so(detector):
@@ -276,10 +280,14 @@ def test_the_service_takes_the_faces_mode_per_request_and_reports_faces(faces, t
     json.dumps(faced)  # the report is plain JSON
 
 
+@needs_mediapipe
 def test_bench_faces_prints_the_stage_split(capsys):
     assert main(["bench-faces", "--size", "960x540", "--repeats", "1", "--min-face", "40", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["faces_found"] == 1 and r["pipeline_ms"] == pytest.approx(r["detect_ms"] + r["align_ms"] + r["paste_ms"])
+    assert r["faces_found"] == 1
+    stages = [r[f"{k}_ms"] for k in ("detect", "align", "paste", "model")]
+    # every stage is really timed, and together they account for the frame's time (clock reads cost the rest)
+    assert min(stages) > 0 and 0.5 * r["total_ms"] <= sum(stages) <= r["total_ms"]
     assert main(["bench-faces", "--size", "wide"]) == 2
 
 
