@@ -9,7 +9,11 @@ from engine.cli import main
 
 @pytest.mark.parametrize("dtype, tolerance", [("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 1e-1)])
 def test_fast_path_matches_the_eager_fp32_reference(tiny_base, dtype, tolerance):
-    assert check_outputs(base=str(tiny_base), size=64, device="cpu", dtype=dtype) < tolerance
+    r = check_outputs(base=str(tiny_base), size=64, device="cpu", dtype=dtype)
+    assert r["max_error"] < tolerance
+    # what the dtype costs stays far below what the adapters do (measured: bf16 8 %, fp16 1 %), so a fast path
+    # that lost or mangled them cannot pass on the strength of a loose bf16 tolerance
+    assert r["mean_error"] < 0.25 * r["lora_effect"]
 
 
 def test_bench_compares_reference_eager_fast_and_cold_start_with_one_model_at_a_time(tiny_base, capsys,
