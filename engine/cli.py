@@ -27,7 +27,7 @@ def cmd_restore(a) -> int:
     from .jobs import collect_items, restore_items
     from .weights.loading import check_license
     from .runtime import ModelRunner, warn_if_gpu_unused
-    from .shards import rank_device, shard_from_env, take_shard
+    from .shards import rank_device, shard_from_env, shard_start, take_shard
 
     check_license(a.weights, a.accept_license)  # before anything is loaded or written
     items = collect_items(a.inputs, a.output, a.recursive)
@@ -35,7 +35,7 @@ def cmd_restore(a) -> int:
         item.faces, item.overwrite = a.faces, a.overwrite
     temporal = None
     if a.temporal:
-        from .temporal.sequences import Sequences, number_sequences
+        from .temporal.sequences import Sequences, number_sequences, preroll
 
         items, temporal = number_sequences(items), Sequences()
     if not items:
@@ -43,10 +43,14 @@ def cmd_restore(a) -> int:
                          + ("" if a.recursive else " (subfolders need --recursive)"))
     shard = a.shard or shard_from_env(os.environ)
     if shard:
-        total, items = len(items), take_shard(items, *shard)
-        print(f"shard {shard[0]}/{shard[1]}: {len(items)} of {total} frames", file=sys.stderr)
+        every, items = items, take_shard(items, *shard)
+        before = preroll(every, shard_start(len(every), *shard), temporal.memory) if temporal and items else []
+        print(f"shard {shard[0]}/{shard[1]}: {len(items)} of {len(every)} frames"
+              + (f", after the {len(before)} before them for --temporal's fusion (restored, not written)"
+                 if before else ""), file=sys.stderr)
         if not items:
             return 0
+        items = before + items
     outdir = Path(a.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,8 @@ def cmd_restore(a) -> int:
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     faces = no_face = 0
-    with tqdm(total=len(items), unit="frame", file=sys.stderr, dynamic_ncols=True) as bar, closing(pipeline):
+    own = sum(not it.preroll for it in items)
+    with tqdm(total=own, unit="frame", file=sys.stderr, dynamic_ncols=True) as bar, closing(pipeline):
         def on_outcome(o):
             nonlocal faces, no_face
             counts[o.status] += 1

@@ -7,12 +7,12 @@ explicitly allows writing over them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 from blender_addon.engine_link.protocol import Code
-from blender_addon.engine_link.scan import scan_folder
+from blender_addon.engine_link.scan import path_problem, printable, scan_folder
 
 from .images import Frame, ImageError, read_image, write_image
 
@@ -27,6 +27,7 @@ class Item:
     overwrite: bool = False  # only-crops mode: whether crops from an earlier run may be replaced
     sequence: object = None  # frames of one animation are fused in order (temporal.Sequences); None: a still
     index: int = 0
+    preroll: bool = False  # restored and fused only for the frames after it (a shard's start), never written/reported
 
 
 @dataclass
@@ -86,9 +87,21 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_item(item: Item, skip_existing: bool, overwrite: bool, allow_in_place: bool = False) -> Outcome | None:
-    """The outcome decided without touching pixels (skip or refuse), else None."""
+    """The outcome decided without touching pixels (skip or refuse), else None. A path no file can have, or one the
+    OS will not let us probe (a network share's permission error), fails this item, never the caller."""
+    for path, code, written in ((item.input, BAD_INPUT, False), (item.output, BAD_OUTPUT, True)):
+        problem = path_problem(path, written)
+        if problem:
+            return Outcome(item, "failed", f"{printable(path)}: {problem}", code)
     if item.faces == "only-crops":  # the frame's own output is not written; its crops are checked when written
         return None
+    try:
+        return _check_output(item, skip_existing, overwrite, allow_in_place)
+    except OSError as e:
+        return Outcome(item, "failed", f"{item.output}: cannot check: {e.strerror or e}", BAD_OUTPUT)
+
+
+def _check_output(item: Item, skip_existing: bool, overwrite: bool, allow_in_place: bool) -> Outcome | None:
     if same_file(item.input, item.output) and not allow_in_place:
         return Outcome(item, "failed", f"{item.output}: output is the input file itself; inputs are never "
                                        f"overwritten unless in-place is asked for explicitly", BAD_OUTPUT)
@@ -148,10 +161,13 @@ def _restore_loaded(pipeline, loaded: list, report: Callable[[Outcome], None], t
         done = Outcome(item, "restored", mode=result.mode, faces=[f.to_dict() for f in result.faces],
                        note=result.note)
         try:
+            # fused before anything is written, so a sequence fuses alike whether or not its outputs can be written
+            if temporal is not None and item.sequence is not None and result.rgb is not None:
+                result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
+            if item.preroll:
+                continue
             item.output.parent.mkdir(parents=True, exist_ok=True)
             if result.rgb is not None:
-                if temporal is not None and item.sequence is not None:
-                    result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
                 write_image(item.output, frame, result.rgb, pipeline.provenance)
             else:
                 done.crops = _write_crops(item, frame, result.crops, pipeline.provenance)
@@ -169,7 +185,7 @@ def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path
     clash = [p for p in paths if p.exists() and not item.overwrite]
     if clash:
         raise ImageError(clash[0], "already exists (pass --overwrite to replace earlier crops)")
-    plain = Frame(frame.rgb, None, frame.bit_depth, frame.format, frame.grayscale)  # crops carry no alpha
+    plain = replace(frame, alpha=None)  # crops carry no alpha, but keep the colour profile and bit depth
     for path, crop in zip(paths, crops):
         write_image(path, plain, crop, text)
     return paths
@@ -179,17 +195,19 @@ def restore_items(pipeline, items: list[Item], skip_existing: bool = False, over
                   allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
                   temporal=None) -> list[Outcome]:
     """Restore `items` with a faces.restore.FramePipeline in groups of its batch size (sequences fused by
-    `temporal`, a temporal.Sequences, in the order given)."""
+    `temporal`, a temporal.Sequences, in the order given). Pre-roll items are restored and fused, not reported."""
     outcomes = []
 
     def report(o: Outcome):
+        if o.item.preroll:  # its own shard reports it
+            return
         outcomes.append(o)
         if on_outcome:
             on_outcome(o)
 
     pending = []
     for item in items:
-        decided = check_item(item, skip_existing, overwrite, allow_in_place)
+        decided = None if item.preroll else check_item(item, skip_existing, overwrite, allow_in_place)
         if decided:
             report(decided)
         else:

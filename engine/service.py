@@ -15,6 +15,7 @@ from pathlib import Path
 
 from blender_addon.engine_link import protocol
 from blender_addon.engine_link.protocol import Code, ProtocolError
+from blender_addon.engine_link.scan import printable
 
 from . import __version__
 from .jobs import Item, Outcome, check_item, restore_group
@@ -70,7 +71,12 @@ class Service:
             if not line:
                 break
             if line.strip():
-                self.handle_line(line)
+                try:
+                    self.handle_line(line)
+                except Exception as e:  # a fault answering one line must not end the reading of the next
+                    print(f"error: handling a request failed: {e!r}", file=sys.stderr)
+                    self.send(protocol.failure(None, Code.ENGINE_ERROR, f"engine error handling a request: "
+                                                                        f"{type(e).__name__}: {e}"))
         with self.cond:  # stdin closed: the client is gone, so queued work has no one to answer to
             for j in self.jobs:
                 j.cancelled = True
@@ -149,8 +155,13 @@ class Service:
         for job in self.jobs:
             while job.pending and not job.cancelled and len(batch) < self.pipeline.batch_size:
                 item = job.pending.popleft()
-                decided = check_item(item, job.options["skip_existing"], job.options["overwrite"],
-                                     job.options["in_place"])
+                try:
+                    decided = check_item(item, job.options["skip_existing"], job.options["overwrite"],
+                                         job.options["in_place"])
+                except Exception as e:  # check_item means not to raise; if it does, this frame pays, not the service
+                    decided = Outcome(item, "failed", f"{printable(item.input)} -> {printable(item.output)}: "
+                                                      f"engine error checking it: {type(e).__name__}: {e}",
+                                      Code.ENGINE_ERROR)
                 if decided:
                     self._record(job, decided)
                 else:
@@ -162,7 +173,8 @@ class Service:
 
     def _record(self, job: RestoreJob, outcome: Outcome) -> None:
         job.outcomes.append(outcome)
-        self.send(protocol.progress(job.id, len(job.outcomes), job.total))
+        # the outcome itself, so that a client whose engine dies mid-request never resends a frame already written
+        self.send(protocol.progress(job.id, len(job.outcomes), job.total, outcome.to_dict()))
 
     def _finish_jobs(self) -> None:
         with self.cond:

@@ -2,7 +2,9 @@
 `torchrun`, which set RANK, WORLD_SIZE and LOCAL_RANK).
 
 Shards are contiguous runs of the input list after the folder scan, so N processes restore exactly the frames one
-process would, each frame once, and a shard holds neighbouring frames of a shot.
+process would, each frame once, and a shard holds neighbouring frames of a shot. With --temporal a shard that starts
+inside a sequence first restores, without writing, the frames its fusion needs from before its start
+(temporal.sequences.preroll).
 """
 from __future__ import annotations
 
@@ -36,8 +38,13 @@ def shard_from_env(env) -> tuple[int, int] | None:
     return (k, n) if n > 1 else None
 
 
+def shard_start(count: int, k: int, n: int) -> int:
+    """Where the K-th of N shards of `count` inputs starts (the next shard's start is where it stops)."""
+    return count * k // n
+
+
 def take_shard(items: list, k: int, n: int) -> list:
-    return items[len(items) * k // n:len(items) * (k + 1) // n]
+    return items[shard_start(len(items), k, n):shard_start(len(items), k + 1, n)]
 
 
 def rank_device(requested: str, env, cuda_available: bool) -> str:

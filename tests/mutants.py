@@ -58,6 +58,11 @@ MUTANTS: list[Mutant] = [
            "write_image(item.output, frame, frame.rgb if same_file(item.input, item.output) else result.rgb, "
            "pipeline.provenance)",
            ("tests/test_service.py::test_bad_images_and_outputs_are_named",)),
+    Mutant("face crops drop the frame's colour profile",
+           "engine/jobs.py",
+           "    plain = replace(frame, alpha=None)",
+           "    plain = Frame(frame.rgb, None, frame.bit_depth, frame.format, frame.grayscale)",
+           ("tests/test_faces.py::test_the_cli_writes_numbered_crops_in_only_crops_mode",)),
     Mutant("the memory plan leaves out AdamW's moments",
            "training/memory_plan.py",
            "    return 2 * sum(p.numel() * 4 for p in params)\n",

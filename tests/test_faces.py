@@ -242,14 +242,18 @@ def test_the_cli_restores_faces_keeps_alpha_and_16_bit_and_reports_each_face(fac
 
 def test_the_cli_writes_numbered_crops_in_only_crops_mode(faces, truth, tiny_weights, tmp_path):
     canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6), ("grace_hopper", 380, 40, 0.45)])
+    from PIL import Image, ImageCms
+
     src = tmp_path / "frame.png"
-    cv2.imwrite(str(src), (canvas[..., ::-1] * 255).round().astype(np.uint8))
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray((canvas * 255).round().astype(np.uint8)).save(src, icc_profile=profile)
     out = tmp_path / "out"
     args = ["restore", str(src), "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu", "--faces",
             "only-crops", "--min-face", "32"]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["frame_face0.png", "frame_face1.png"]
     assert read_image(out / "frame_face0.png").size == (64, 64)  # the tiny model's size
+    assert Image.open(out / "frame_face0.png").info.get("icc_profile") == profile  # the frame's colour space
     assert main(args) == 1  # earlier crops are not replaced without --overwrite
     assert main(args + ["--overwrite"]) == 0
 

@@ -1,6 +1,7 @@
 """The stdio service and its torch-free client: the protocol, every bad message, cancel, a killed engine, load."""
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from blender_addon.engine_link import protocol
 from blender_addon.engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
+from engine.faces.restore import FrameResult
 from engine.images import read_image
 from engine.runtime import ModelRunner
 
@@ -92,9 +94,13 @@ def test_restore_one_frame_matches_the_restorer(engine, tiny_weights, tmp_path):
 def test_restore_a_list_reports_progress(engine, tmp_path):
     items = [(_image(tmp_path / f"{i}.png", seed=i), tmp_path / "out" / f"{i}.png") for i in range(6)]
     seen = []
-    result = engine.restore(items, on_progress=lambda d, t: seen.append((d, t))).wait(60)
+    request = engine.restore(items, on_progress=lambda d, t: seen.append((d, t)))
+    result = request.wait(60)
     assert result["restored"] == 6 and seen[-1] == (6, 6) and len(seen) == 6
     assert all(o.is_file() for _, o in items)
+    # each progress event names the frame it decided, exactly as the final answer does (crash-resends rely on it)
+    key = lambda i: i["output"]  # noqa: E731
+    assert sorted(request.decided, key=key) == sorted(result["items"], key=key)
 
 
 @pytest.mark.parametrize("line, code", [
@@ -116,7 +122,7 @@ def test_bad_messages_get_an_error_and_the_service_keeps_serving(raw, line, code
     assert raw.ask(b'{"id": "p", "op": "ping"}')["ok"]
 
 
-def test_bad_images_and_outputs_are_named(raw, tmp_path):
+def test_bad_images_and_outputs_are_named(raw, tiny_weights, tmp_path):
     good = _image(tmp_path / "good.png")
     (tmp_path / "corrupt.png").write_bytes(good.read_bytes()[:80])
     (tmp_path / "blocker").write_bytes(b"")
@@ -129,10 +135,14 @@ def test_bad_images_and_outputs_are_named(raw, tmp_path):
         answer = raw.ask(json.dumps({"id": f"c{k}", "op": "restore", **msg}).encode())
         assert answer["error"]["code"] == code and needle in answer["error"]["message"]
     assert not (tmp_path / "o1.png").exists()
-    before = good.read_bytes()
+    before = read_image(good).rgb
     answer = raw.ask(json.dumps({"id": "inplace", "op": "restore", "input": str(good), "output": str(good),
                                  "in_place": True}).encode())
-    assert answer["ok"] and good.read_bytes() != before and read_image(good).size == (48, 40)
+    assert answer["ok"] and read_image(good).size == (48, 40)
+    # the restored pixels replace the file's, not the same pixels under new text chunks
+    expected = ModelRunner.from_pretrained(tiny_weights, device="cpu").restore([before])[0]
+    assert np.abs(read_image(good).rgb - expected).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(expected - before).max() > 4 / 255
 
 
 def test_cancel_drops_queued_frames(engine, tmp_path):
@@ -347,3 +357,162 @@ def test_thirty_start_serve_shutdown_cycles_all_exit_0(tiny_weights, tmp_path):
     for _, out, err in runs:
         assert {"id": 5, "ok": True, "result": {"shutdown": True}} in [json.loads(line) for line in out.splitlines()]
         assert "terminate called" not in err
+
+
+# one unusable path or line costs its own request only (issue 22) -------------------------------------------------
+class Passthrough:
+    """A pipeline that hands each frame back as it came, counting the frames it was given."""
+    batch_size, provenance = 4, {}
+
+    def __init__(self):
+        self.frames = 0
+
+    def restore(self, images, modes):
+        self.frames += len(images)
+        return [FrameResult(rgb, "whole") for rgb in images]
+
+    def describe(self):
+        return {}
+
+
+def _restore(request_id, src, out) -> bytes:
+    return json.dumps({"id": request_id, "op": "restore", "input": str(src), "output": str(out)}).encode()
+
+
+def _serve_in_process(lines, pipeline=None) -> dict:
+    """Each line handled as the reader would, then the queue served to its end: {id: final answer}."""
+    from engine.service import Service
+
+    out = io.BytesIO()
+    service = Service(pipeline or Passthrough(), out)
+    for line in lines:
+        service.handle_line(line)
+    service.closing = True
+    service.work_loop()
+    return {a["id"]: a for a in map(json.loads, out.getvalue().splitlines()) if "event" not in a}
+
+
+def _shown(path: str) -> str:
+    """A path as messages name it: what cannot be shown, escaped."""
+    return path.replace("\0", "\\x00").replace("\ud800", "\\ud800")
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("a\0b.png", "NUL"),
+    ("x" * 296 + ".png", "name is 300 "),
+    ("x" * 246 + ".png", "at most 237"),  # fits the OS, but the temporary written first would not
+    ("y" * 300 + "/o.png", "folder name in it is 300 "),
+    ("d/" * 20000 + "o.png", "fit in a path"),
+])
+def test_an_output_path_no_file_can_have_fails_its_request_before_restoring(tmp_path, name, reason):
+    src, bad, pipeline = _image(tmp_path / "in.png"), str(tmp_path / name), Passthrough()
+    answers = _serve_in_process([_restore(1, src, tmp_path / "o1.png"), _restore(2, src, bad),
+                                 _restore(3, src, tmp_path / "o3.png")], pipeline)
+    assert answers[1]["ok"] and answers[3]["ok"] and pipeline.frames == 2
+    error = answers[2]["error"]
+    assert error["code"] == "bad_output" and _shown(bad) in error["message"] and reason in error["message"]
+
+
+@pytest.mark.parametrize("name", ["in\0put.png", pytest.param(
+    "\ud800.png", marks=pytest.mark.skipif(os.name == "nt", reason="Windows file names may hold lone surrogates"))])
+def test_an_input_path_no_file_can_have_is_bad_input_and_named(tmp_path, name):
+    src, bad = _image(tmp_path / "in.png"), str(tmp_path / name)
+    answers = _serve_in_process([_restore(1, bad, tmp_path / "o1.png"), _restore(2, src, tmp_path / "o2.png")])
+    assert answers[2]["ok"] and not (tmp_path / "o1.png").exists()
+    assert answers[1]["error"]["code"] == "bad_input" and _shown(bad) in answers[1]["error"]["message"]
+
+
+def test_an_output_the_os_refuses_to_probe_fails_that_frame_only(tmp_path, monkeypatch):
+    src, denied = _image(tmp_path / "in.png"), tmp_path / "share" / "o.png"
+    real_stat, real_exists = Path.stat, Path.exists
+
+    def refuse(real):  # as a network share answers a probe where the user may not look
+        def probe(self, *args, **kwargs):
+            if self == denied:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+        return probe
+    monkeypatch.setattr(Path, "stat", refuse(real_stat))
+    monkeypatch.setattr(Path, "exists", refuse(real_exists))
+    answers = _serve_in_process([_restore(1, src, denied), _restore(2, src, tmp_path / "o2.png")])
+    assert answers[2]["ok"]
+    error = answers[1]["error"]
+    assert error["code"] == "bad_output" and str(denied) in error["message"] and "Permission denied" in error["message"]
+
+
+def test_whatever_checking_one_frame_raises_costs_that_frame_only(tmp_path, monkeypatch):
+    import engine.service
+
+    real_check = engine.service.check_item
+
+    def check(item, *args):
+        if item.input.name == "odd.png":
+            raise KeyError("simulated fault")
+        return real_check(item, *args)
+    monkeypatch.setattr(engine.service, "check_item", check)
+    odd, src = _image(tmp_path / "odd.png"), _image(tmp_path / "in.png")
+    batch = json.dumps({"id": 1, "op": "restore", "items": [{"input": str(odd), "output": str(tmp_path / "o1.png")},
+                                                            {"input": str(src), "output": str(tmp_path / "o2.png")}]})
+    answers = _serve_in_process([batch.encode(), _restore(2, src, tmp_path / "o3.png")])
+    assert answers[1]["result"]["restored"] == 1 and (tmp_path / "o2.png").is_file() and answers[2]["ok"]
+    assert answers[1]["error"]["code"] == "engine_error"
+    assert str(odd) in answers[1]["error"]["message"] and "simulated fault" in answers[1]["error"]["message"]
+
+
+def _read_all(lines: list[bytes]) -> list[dict]:
+    """What the reader answers to `lines`, read from a stream to its end."""
+    from engine.service import Service
+
+    out = io.BytesIO()
+    Service(Passthrough(), out).read_loop(io.BytesIO(b"".join(line + b"\n" for line in lines)))
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_line_nested_too_deeply_is_answered_without_an_id_and_reading_goes_on():
+    first, after = _read_all([b"[" * 100_000, b'{"id": "after", "op": "ping"}'])
+    assert first["id"] is None and first["error"]["code"] == "bad_json" and "nested" in first["error"]["message"]
+    assert after == {"id": "after", "ok": True, "result": {"pong": True}}
+
+
+def test_the_reader_answers_a_line_it_fails_to_handle_and_reads_on(monkeypatch):
+    real_parse = protocol.parse_request
+
+    def parse(message):
+        if message["op"] == "odd":
+            raise KeyError("simulated fault")
+        return real_parse(message)
+    monkeypatch.setattr(protocol, "parse_request", parse)
+    first, after = _read_all([b'{"id": 1, "op": "odd"}', b'{"id": 2, "op": "ping"}'])
+    assert first["id"] is None and first["error"]["code"] == "engine_error"
+    assert "simulated fault" in first["error"]["message"]
+    assert after == {"id": 2, "ok": True, "result": {"pong": True}}
+
+
+def test_unusable_paths_and_lines_cost_only_their_requests_and_shutdown_exits_0(tiny_weights, tmp_path):
+    src = _image(tmp_path / "in.png")
+    bad = {"nul-out": (src, str(tmp_path / "a\0b.png"), "bad_output"),
+           "long-name": (src, str(tmp_path / ("x" * 296 + ".png")), "bad_output"),
+           "nul-in": (str(tmp_path / "i\0n.png"), tmp_path / "o.png", "bad_input")}
+    lines = [_restore("good1", src, tmp_path / "good1.png"), *(_restore(k, i, o) for k, (i, o, _) in bad.items()),
+             b"[" * 100_000, _restore("good2", src, tmp_path / "good2.png")]
+    engine = RawEngine(tiny_weights)
+    try:
+        engine.p.stdin.write(b"".join(line + b"\n" for line in lines))  # all queued at once, as the add-on sends
+        engine.p.stdin.flush()
+        answers = {}
+        while len(answers) < len(lines):
+            message = json.loads(engine.p.stdout.readline() or b'{"id": "engine exited"}')
+            assert message.get("id") != "engine exited"
+            if "event" not in message:
+                answers[message["id"]] = message
+        assert answers["good1"]["ok"] and answers["good2"]["ok"]
+        for k, (i, o, code) in bad.items():
+            named = str(o if code == "bad_output" else i)
+            assert answers[k]["error"]["code"] == code and _shown(named) in answers[k]["error"]["message"]
+        assert answers[None]["error"]["code"] == "bad_json"
+        assert engine.ask(b'{"id": "bye", "op": "shutdown"}')["ok"]
+        assert engine.p.wait(60) == 0
+    finally:
+        if engine.p.poll() is None:
+            engine.p.kill()
+    assert read_image(tmp_path / "good1.png").size == read_image(tmp_path / "good2.png").size == (48, 40)

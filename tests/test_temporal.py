@@ -15,7 +15,7 @@ from engine.images import read_image
 from engine.runtime import ModelRunner
 from engine.temporal.bench import fuse_sequence, kept_change, moving_face, moving_frame, quality, synthetic_change
 from engine.temporal.flicker import measure
-from engine.temporal.fusion import TemporalFusion, changed_box
+from engine.temporal.fusion import FusionConfig, TemporalFusion, changed_box
 from engine.temporal.sequences import Sequences
 
 
@@ -79,6 +79,20 @@ def test_fusion_is_deterministic(face_sequence):
     frames, restored = face_sequence
     first, second = fuse_sequence(frames, restored), fuse_sequence(frames, restored)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_fusion_started_afresh_matches_the_full_run_within_1_255_after_its_memory(face_sequence):
+    """What a farm shard relies on (its pre-roll): how far back fusion starts stops showing after
+    FusionConfig.memory frames, though a fresh start is far off at first."""
+    frames, restored = face_sequence
+    full, memory = fuse_sequence(frames, restored), FusionConfig().memory
+    starts = range(1, len(frames) - memory)
+    assert len(starts) >= 4
+    for k in starts:
+        fresh = fuse_sequence(frames[k:], restored[k:])
+        assert np.abs(fresh[0] - full[k]).max() > 30 / 255  # without the frames before, frame k is not the same
+        late = [np.abs(a - b).max() for a, b in zip(fresh[memory:], full[k + memory:])]
+        assert max(late) <= 1 / 255, (k, late)
 
 
 def test_the_first_frame_of_a_sequence_is_its_per_frame_restore(face_sequence):

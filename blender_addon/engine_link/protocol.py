@@ -15,7 +15,10 @@ Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {
            "code"?, "mode"?: "whole"|"faces", "faces"?: [{"box", "scale", "score", "landmarks"}], "note"?,
            "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
 Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile"} first, once;
-           {"id", "event": "progress", "done", "total"} while a restore runs;
+           {"id", "event": "progress", "done", "total", "item"} as each frame of a restore is decided; "item" is
+           that frame's entry of the result's items, so a client whose engine dies before the final answer sends
+           again only the frames no "item" has told of (an In Place frame already replaced must not be restored
+           twice);
            {"event": "compile", "state", "mode", "shapes", "seconds", "cache"?, "message"?} after ready and at each
            change. state: "off" (eager only), "compiling" (in the background; frames are served eagerly meanwhile),
            "ready" (compiled code used for `shapes`) or "failed" (eager for good; `message` says why)
@@ -77,6 +80,8 @@ def decode(line: bytes | str) -> dict:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(Code.BAD_JSON, f"not JSON: {e}") from None
+    except RecursionError:  # json's parser recurses per bracket; no message of ours nests past a few levels
+        raise ProtocolError(Code.BAD_JSON, "JSON nested too deeply to read") from None
     if not isinstance(message, dict):
         raise ProtocolError(Code.BAD_JSON, f"expected a JSON object, got {type(message).__name__}")
     return message
@@ -93,8 +98,10 @@ def failure(request_id, code: str, message: str, result: dict | None = None) -> 
     return out
 
 
-def progress(request_id, done: int, total: int) -> dict:
-    return {"id": request_id, "event": "progress", "done": done, "total": total}
+def progress(request_id, done: int, total: int, item: dict | None = None) -> dict:
+    """item: the frame just decided, as it appears in the final answer's result["items"]."""
+    message = {"id": request_id, "event": "progress", "done": done, "total": total}
+    return message if item is None else {**message, "item": item}
 
 
 def _sequence_frame(source: dict, where: str, request_id) -> tuple | None:

@@ -1,4 +1,5 @@
-"""Which files in a folder are renders to restore. One rule for the command line, the service and the add-on.
+"""Which files in a folder are renders to restore, and which paths no file can have. One rule for the command line,
+the service and the add-on.
 
 Standard library only: it ships in the add-on's zip, and the engine imports it from here.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,49 @@ def temporary_for(target: str | os.PathLike) -> Path:
     (the suffix kept, so image writers still pick the format from it)."""
     target = Path(target)
     return target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}")
+
+
+_TEMPORARY_EXTRA = len(temporary_for("x").name) - 1
+# in the OS's own units (_length): 255 per file or folder name on Linux (bytes), macOS and NTFS (UTF-16 units); a
+# whole path: PATH_MAX less its closing NUL on Linux and macOS, 32,767 on Windows with long paths enabled (without,
+# Windows stops at 260, and the write itself reports that)
+MAX_NAME = 255
+MAX_PATH = 32_767 if os.name == "nt" else 1_023 if sys.platform == "darwin" else 4_095
+
+
+def _length(text: str) -> int:
+    if os.name == "nt":
+        return len(text.encode("utf-16-le", "surrogatepass")) // 2
+    return len(os.fsencode(text))  # raises UnicodeEncodeError for what no file name here can hold
+
+
+def path_problem(path: str | os.PathLike, written: bool = False) -> str | None:
+    """Why no file can be at `path`, whatever is on disk, or None. From the text alone, so that a path is refused
+    where it is received, before any work and before any probe of the disk could raise. `written`: the engine writes
+    it, first under temporary_for's longer name."""
+    text = os.fspath(path)
+    if "\0" in text:
+        return "the path holds a NUL byte, which no file name can"
+    units = "characters" if os.name == "nt" else "bytes"
+    try:
+        length = _length(text)
+        *folders, name = [_length(part) for part in Path(text).parts] or [0]
+    except UnicodeEncodeError as e:
+        return f"the path holds {e.object[e.start:e.end]!r}, which no file name on this system can"
+    if length > MAX_PATH:
+        return f"the path is {length} {units} long; at most {MAX_PATH} fit in a path"
+    if any(n > MAX_NAME for n in folders):
+        return f"a folder name in it is {max(folders)} {units} long; at most {MAX_NAME} fit in a name"
+    room = MAX_NAME - _TEMPORARY_EXTRA if written else MAX_NAME
+    if name > room:
+        why = f" (the engine writes it first under a name {_TEMPORARY_EXTRA} longer)" if written else ""
+        return f"the file name is {name} {units} long; at most {room} fit{why}"
+    return None
+
+
+def printable(path: str | os.PathLike) -> str:
+    """`path` for a message: as it is, but with what cannot be shown (a NUL, a lone surrogate) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fspath(path))
 
 
 _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.partial(?P<suffix>(\.[^.]*)?)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ class Sequences:
 
     def __init__(self, config: FusionConfig | None = None, keep: int = 4):
         self.config, self.keep = config, keep
+        self.memory = (config or FusionConfig()).memory  # frames a shard pre-rolls (see preroll)
         self._states: OrderedDict = OrderedDict()  # id -> (TemporalFusion, index of its last frame)
 
     def fuse(self, sequence, index: int, image: np.ndarray, restored: np.ndarray) -> np.ndarray:
@@ -46,6 +48,19 @@ def number_sequences(items: list) -> list:
             item.sequence, item.index = str(folder), index
         ordered += members
     return ordered
+
+
+def preroll(items: list, start: int, frames: int | None) -> list:
+    """The frames before items[start] in its sequence, at most `frames` of them (None: from the sequence's first), as
+    copies marked `preroll`: a process that starts at items[start] restores and fuses them first, without writing or
+    reporting them, so that it fuses items[start] and the frames after it as one process running from the sequence's
+    start would (see FusionConfig.memory). `items` as number_sequences orders them."""
+    if not 0 <= start < len(items) or items[start].sequence is None:
+        return []
+    first, limit = start, 0 if frames is None else max(0, start - frames)
+    while first > limit and items[first - 1].sequence == items[start].sequence:
+        first -= 1
+    return [replace(item, preroll=True) for item in items[first:start]]
 
 
 def sequence_files(folder) -> list:
