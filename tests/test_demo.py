@@ -1,6 +1,7 @@
 """The web page's work without a browser: uploads refused with reasons, restores kept and shared, degrade -> restore
 with metrics, sequences with their flicker, the licence gate. The page itself in Chromium: test_demo_browser.py."""
 import io
+import sys
 import zipfile
 
 import numpy as np
@@ -128,6 +129,61 @@ def test_restore_keeps_each_result_with_its_provenance_and_never_replaces_a_shar
     assert not list(share.glob(".*"))  # no temporaries left
 
 
+def test_result_files_stay_bounded_over_100_requests(pipeline, tmp_path):
+    """A page left running: each request's files go when the next request of its action starts (Gradio has its own
+    copy by then), so the work folder holds the latest restore's and the latest sequence's, however many came."""
+    work = tmp_path / "work"
+    actions = DemoActions(pipeline, work)
+    frames = [png(tmp_path / f"f_{k}.png", noise(32, 32, seed=k)) for k in range(2)]
+    latest, held = {}, []  # held: bytes in the work folder after each request
+    for k in range(100):
+        if k % 20 == 1:  # a sequence now and then: the model calls make the test's time
+            r = actions.sequence(frames, "off")
+            action, files = "sequence", [r.archive, r.playback]
+        else:
+            action, files = "restore", [r.path for r in actions.restore(frames[:1], "off")]
+        assert all(f.is_file() for f in files)  # this request's results are there to be served
+        assert not any(f.exists() for f in latest.get(action, []))  # the last request of this action's are gone
+        latest[action] = files
+        newest = [f for fs in latest.values() for f in fs]
+        assert set(work.rglob("*")) == {f.parent for f in newest} | set(newest)
+        held.append(sum(f.stat().st_size for f in work.rglob("*") if f.is_file()))
+    assert max(held) <= 1.1 * max(held[:2])  # after 100 requests no more than after the first restore and sequence
+
+
+def test_the_page_serves_a_result_after_the_next_request_removed_its_folder(pipeline, tmp_path, monkeypatch):
+    """What the removal relies on: Gradio serves its own copy of a returned file, made before the next request."""
+    import socket
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from engine.demo.page import build_page
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    actions = DemoActions(pipeline, tmp_path / "work")
+    page = build_page(actions, "tiny")
+    page.queue(default_concurrency_limit=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                allowed_paths=[str(actions.workdir)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+        shots = [png(tmp_path / f"shot_{k}.png", noise(32, 32, seed=k)) for k in range(2)]
+        first, second = (client.predict([handle_file(str(p))], "off", True, api_name="/restore")[2][0]
+                         for p in shots)
+        assert first["orig_name"] == "shot_0_restored.png" and second["orig_name"] == "shot_1_restored.png"
+        served = httpx.get(first["url"])
+        assert served.status_code == 200
+        with Image.open(io.BytesIO(served.content)) as shown:
+            assert shown.size == (32, 32) and shown.text["Splat Restore model"] == pipeline.runner.info.source
+        assert [p.name for p in (tmp_path / "work").rglob("*.png")] == ["shot_1_restored.png"]
+    finally:
+        page.close()
+
+
 def test_one_bad_upload_stops_the_run_before_any_model_call(pipeline, tmp_path, monkeypatch):
     actions = DemoActions(pipeline, tmp_path / "work")
     good = png(tmp_path / "good.png", noise())
@@ -161,6 +217,21 @@ def test_degrade_then_restore_is_seeded_and_measured_against_the_clean_crop(pipe
     other = actions.degrade_restore(photo, seed=8)
     assert np.array_equal(again.degraded, first.degraded) and not np.array_equal(other.degraded, first.degraded)
     assert again.metrics == first.metrics
+
+
+def test_degrade_restore_without_training_says_what_to_install(pipeline, tmp_path, monkeypatch):
+    from engine.demo.page import build_page
+
+    for name in [m for m in sys.modules if m == "training" or m.startswith("training.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "training", None)  # as in the engine wheel Blender installs: no training/
+    page = build_page(DemoActions(pipeline, tmp_path / "work"), "tiny")
+    tab = next(b for b in page.blocks.values() if getattr(b, "label", None) == "Degrade → Restore")
+    assert tab.visible is False
+    degrade = next(f.fn for f in page.fns.values() if f.name == "degrade")
+    shown = degrade(str(png(tmp_path / "face.png", noise(64, 64))), 7, True)
+    assert shown[3].startswith("**Error:** Degrade → Restore needs the \\`training\\` package")
+    assert "pip install" in shown[3] and all(v is None for v in shown[:3])
 
 
 def test_a_sequence_is_restored_per_frame_and_fused_with_its_flicker_measured(pipeline, tmp_path):

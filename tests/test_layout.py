@@ -1,4 +1,5 @@
-"""The architecture the layout promises: the core never imports Blender, the add-on never imports torch."""
+"""The architecture the layout promises: the core never imports Blender, the add-on never imports torch, the engine
+never reaches up to training."""
 import ast
 from pathlib import Path
 
@@ -23,6 +24,24 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_core_never_imports_blender(package):
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py") if "bpy" in imported_modules(p)]
     assert not offenders
+
+
+def imports_training(path: Path) -> bool:
+    """An import statement of `training`, or importlib/__import__ asked for it by name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name in ("import_module", "__import__") and str(node.args[0].value).split(".")[0] == "training":
+                return True
+    return "training" in imported_modules(path)
+
+
+def test_the_engine_imports_training_only_for_the_degrade_tab():
+    """The engine is the floor training stands on; the web page's Degrade → Restore tab is the one optional use of
+    training (engine/demo/degradation.py), and what both need lives in the engine (engine/measure/)."""
+    offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py") if imports_training(p)]
+    assert offenders == ["engine/demo/degradation.py"]
 
 
 def test_the_add_on_never_imports_torch_or_its_kin():

@@ -1,15 +1,20 @@
 """What the web page does, without the page: restore uploads, degrade a clean face and restore it, restore a
 sequence per frame and with temporal fusion. One loaded FramePipeline (the one `serve` uses: fast path, buckets,
 face-aware restore) serves them all; a lock keeps model calls one at a time whatever the web server's threads do.
+
+Result files live only until Gradio has its copy: each request writes into a folder of its own, and the next request
+of the same action removes it. Gradio copies every file a handler returns into its cache when the handler returns
+(Blocks.process_api: call_function, then postprocess_data -> async_move_files_to_cache -> save_file_to_cache), and
+the page's queue starts an event's next request only once that is done (concurrency limit 1 per event, its slot
+freed after process_api), so the page serves Gradio's copy and this folder holds at most one request per action.
 """
 from __future__ import annotations
 
 import io
-import itertools
 import re
+import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,9 +22,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..atomic import numbered, write_bytes_new
+from ..atomic import write_bytes_new
 from ..images import encode_image
+from ..measure.fidelity import psnr, ssim
 from ..temporal.fusion import TemporalFusion
+from .degradation import TrainingDegradation
 from .uploads import MAX_IMAGES, UploadError, check_run_size, display_name, load_image, sequence_frames, zip_bytes
 
 Progress = Callable[[float, str], None]
@@ -97,8 +104,9 @@ class DemoActions:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splat-restore-demo-"))
         self.share_folder = Path(share_folder) if share_folder else None
         self.lock = threading.Lock()
-        self._parser = None
-        self._perceptual = None
+        self._latest: dict[str, Path] = {}  # action -> its latest request's folder, until the next one
+        self._degradation = TrainingDegradation()
+        self._lpips = None
 
     # -- restore -------------------------------------------------------------------------------------------------
     def restore(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> list[Restored]:
@@ -109,7 +117,7 @@ class DemoActions:
                               f"of renders: `python -m engine restore FOLDER -o OUT`)")
         check_run_size(paths, "`python -m engine restore FOLDER -o OUT`")
         frames = [(display_name(p), load_image(p)) for p in paths]  # every upload checked before the first model call
-        run, results = self._run_folder(), []
+        run, results = self._run_folder("restore"), []
         for k, (name, frame) in enumerate(frames):
             progress(k / len(frames), f"restoring {name}")
             with self.lock:
@@ -121,16 +129,15 @@ class DemoActions:
         progress(1.0, "done")
         return results
 
-    def _run_folder(self) -> Path:
-        """A new folder for one action's results (served for download until the page is stopped)."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for k in itertools.count(1):
-            try:
-                folder = numbered(self.workdir / stamp, k)
-                folder.mkdir(parents=True)
-                return folder
-            except FileExistsError:
-                continue
+    def _run_folder(self, action: str) -> Path:
+        """A new folder for this request of `action`, in place of its previous request's, which Gradio has copied
+        by now (module docstring). Requests of one action come one at a time, as the page's queue runs them."""
+        previous = self._latest.pop(action, None)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._latest[action] = folder = Path(tempfile.mkdtemp(prefix=f"{action}-", dir=self.workdir))
+        return folder
 
     def _keep(self, run: Path, filename: str, data: bytes) -> Path:
         """Written complete into `run` and into the share folder, if any, never replacing a file: a second result
@@ -142,22 +149,13 @@ class DemoActions:
 
     # -- degrade -> restore -----------------------------------------------------------------------------------------
     def degrade_restore(self, path, seed: int = 0, progress: Progress = _quiet) -> DegradeResult:
-        from training.degrade import DegradeConfig, degrade
-        from training.prepare import crop_with_regions
-        from training.face_regions import whole_image
-
+        """Raises degradation.TrainingMissing where the `training` package is not installed."""
         frame = load_image(path)
-        image = to_uint8(frame.rgb)
         progress(0.1, "finding the face")
-        parser, notes = self._face_parser()
         with self.lock:  # mediapipe's graphs are not for two threads at once either
-            crop, regions = crop_with_regions(image, parser, self.pipeline.size)
-        if not regions.found:
-            regions = whole_image(crop, parser.name)
-            notes.append("no face found: the centre was cropped and degraded as one region")
+            crop, regions, notes = self._degradation.crop(to_uint8(frame.rgb), self.pipeline.size)
         progress(0.3, "degrading")
-        face_size = max(regions.box[2:]) if regions.found else None
-        degraded, _, _ = degrade(crop, regions.masks, int(seed), DegradeConfig(), face_size)
+        degraded = self._degradation.degrade(crop, regions, seed)
         progress(0.5, "restoring")
         with self.lock:
             restored = self.pipeline.restore([degraded.astype(np.float32) / 255], ["off"])[0].rgb
@@ -167,45 +165,22 @@ class DemoActions:
             notes.append(note)
         return DegradeResult(crop, degraded, to_uint8(restored), metrics, notes)
 
-    def _face_parser(self):
-        from training.face_regions import make_parser
-
-        if self._parser is None:
-            self._parser = make_parser("auto")
-        parser, why = self._parser
-        return parser, ([] if parser.name != "none" else [f"face parser: {why}"])
-
     def _metrics(self, clean: np.ndarray, images: dict) -> tuple[dict, str]:
         """LPIPS-VGG (the training loss's, v0.1), PSNR and SSIM (BasicSR's convention) of each image vs clean."""
-        from training.evaluate import psnr, ssim
+        from ..measure.lpips import LPIPS
 
         clean_f = clean.astype(np.float32) / 255
         metrics = {k: {"lpips": None, "psnr": psnr(v, clean_f), "ssim": ssim(v, clean_f)} for k, v in images.items()}
         try:
-            lpips = self._lpips()
+            if self._lpips is None:
+                self._lpips = LPIPS().to(self.pipeline.runner.device).eval()
         except Exception as e:  # noqa: BLE001 - e.g. VGG weights missing: PSNR/SSIM still shown
             return metrics, f"LPIPS unavailable: {e}"
         with self.lock:
-            for k, v in images.items():
-                metrics[k]["lpips"] = lpips(v, clean_f)
+            distances = self._lpips.against(clean_f, list(images.values()))
+        for k, d in zip(images, distances):
+            metrics[k]["lpips"] = d
         return metrics, ""
-
-    def _lpips(self):
-        import torch
-
-        from training.perceptual import PerceptualLoss
-
-        if self._perceptual is None:
-            self._perceptual = PerceptualLoss().to(self.pipeline.runner.device).eval()
-        perceptual, device = self._perceptual, self.pipeline.runner.device
-
-        def tensor(a):
-            return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].to(device) * 2 - 1
-
-        @torch.no_grad()
-        def lpips(a, b) -> float:
-            return float(perceptual.lpips(perceptual.features(tensor(a)), perceptual.features(tensor(b)))[0])
-        return lpips
 
     # -- sequence ---------------------------------------------------------------------------------------------------
     def sequence(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> SequenceResult:
@@ -234,7 +209,7 @@ class DemoActions:
         progress(0.9, "encoding the playback")
         inputs = [to_uint8(x) for x in inputs]
         rows = [side_by_side(*r, max_pixels=PLAYBACK_PIXELS / len(named)) for r in zip(inputs, per_frame, temporal)]
-        run = self._run_folder()
+        run = self._run_folder("sequence")
         archive = self._keep(run, "sequence_restored.zip", zip_bytes(files))
         playback = self._keep(run, "sequence_playback.webp", playback_webp(rows))
         return SequenceResult([n for n, _ in named], inputs, per_frame, temporal, flicker, means, archive, playback)

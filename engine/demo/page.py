@@ -6,7 +6,6 @@ tab's status box, never a stack trace (the server's log keeps the trace of unexp
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # studios run this o
 import gradio as gr  # noqa: E402
 
 from .actions import PLAYBACK_FPS, DemoActions, side_by_side  # noqa: E402
+from .degradation import TrainingMissing, training_available  # noqa: E402
 from .uploads import MAX_FRAMES, MAX_PIXELS, UploadError  # noqa: E402
 
 # what the page shows: Gradio's default, lossy WebP, would add artefacts of its own to a restorer's before/after
@@ -48,7 +48,7 @@ def _guard(outputs: int, status: int):
         def run(*args, **kwargs):
             try:
                 return handler(*args, **kwargs)
-            except (UploadError, Refused) as e:
+            except (UploadError, Refused, TrainingMissing) as e:
                 message = str(e)
             except Exception as e:  # noqa: BLE001 - the page must stay up and say what happened
                 traceback.print_exc(file=sys.stderr)
@@ -145,8 +145,8 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
             pairs = gr.State([])
             go.click(restore, [files, faces, accepted], [slider, gallery, downloads, status, pairs])
             gallery.select(pick, pairs, slider)
-        # the degradation lives in training/, which an engine installed from Blender's preferences lacks
-        with gr.Tab("Degrade → Restore", visible=importlib.util.find_spec("training") is not None):
+        # hidden in an engine without training/ (the wheel Blender installs)
+        with gr.Tab("Degrade → Restore", visible=training_available()):
             with gr.Row():
                 with gr.Column():
                     clean = gr.File(label="A clean face photo or render", elem_id="degrade-input")
