@@ -101,9 +101,25 @@ def validate_manifest(manifest: dict) -> None:
         sys.exit("blender_manifest.toml: type must be 'add-on' and licenses SPDX:...")
 
 
+def tested_constraints() -> str:
+    """The versions of the engine's dependencies that .venv holds, the ones the tests ran with, as pip
+    constraints: Install Engine installs with them, so a later release (diffusers moving a class the model uses)
+    cannot reach an engine installed from this zip."""
+    python = venv_python(ENGINE_VENV)
+    if not python.is_file():
+        sys.exit(f"no engine venv at {ENGINE_VENV}: run `python build.py setup` first (the zip pins the versions "
+                 f"installed there)")
+    code = "import engine_wheel as w; print(w.installed_constraints(w.engine_requirements(w.project())), end='')"
+    r = subprocess.run([str(python), "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0 or "diffusers==" not in r.stdout:
+        sys.exit(f"could not list the engine's installed dependencies with {python}:\n{r.stderr}")
+    return r.stdout
+
+
 def build_addon() -> Path:
     """dist/splat_restore-<version>.zip: the manifest and the add-on's Python files at the zip's root, and in
-    engine_wheel/ the engine as a wheel with the pins setup() installs it with, for the add-on's Install Engine.
+    engine_wheel/ the engine as a wheel with the pins setup() installs it with and the constraints the tests ran
+    with, for the add-on's Install Engine.
     The wheel is deliberately not in the manifest's `wheels`: Blender would install it into its own Python."""
     import json
     import tempfile
@@ -116,6 +132,7 @@ def build_addon() -> Path:
     manifest = tomllib.loads((src / "blender_manifest.toml").read_text(encoding="utf-8"))
     validate_manifest(manifest)
     out = ROOT / "dist" / f"{manifest['id']}-{manifest['version']}.zip"
+    constraints = tested_constraints()
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".zip.partial")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -126,6 +143,7 @@ def build_addon() -> Path:
             wheel = build_engine_wheel(Path(folder))
             zf.write(wheel, f"engine_wheel/{wheel.name}")
         zf.writestr("engine_wheel/pins.json", json.dumps({"torch": TORCH, "mediapipe": MEDIAPIPE}))
+        zf.writestr("engine_wheel/constraints.txt", constraints)
     os.replace(tmp, out)
     print(out)
     return out

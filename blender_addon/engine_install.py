@@ -1,12 +1,12 @@
 """Install Engine: the engine's own venv, made by the add-on from the wheel in the extension zip. No bpy, no torch.
 
-The engine home (the extension's user folder) holds:
+The engine home (the extension's user folder, or the Folder Install Engine was given) holds:
     envs/<id>/     one venv per install; an install builds a new one beside the live one
     current        the id of the live venv, replaced (os.replace) only after the new venv passed its probe, so an
                    install that fails (no network, disk full, a pip error) leaves the previous engine as it was
     install.log    every command and pip line of the last install that ran
-Each venv keeps INSTALLED: the stamp (what went in: the wheel's hash and the pins) and the probe (what came out:
-engine and torch versions, devices, whether CUDA works). Installing with the live stamp again does nothing.
+Each venv keeps INSTALLED: the stamp (what went in: the wheel, the pins, the constraints) and the probe (what came
+out: engine and torch versions, devices, whether CUDA works). Installing with the live stamp again does nothing.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ FIX = (f"install Python {PYTHONS[1][0]}.{PYTHONS[1][1]} (python.org) and set Pre
        f"Python for Install to its interpreter")
 VENV = ("-m", "venv")
 INSTALLED = "splat-restore-install.json"
+CONSTRAINTS = "constraints.txt"  # the versions the tests ran with (build.py addon); every pip step keeps to them
 PIP = ("-m", "pip", "install", "--progress-bar", "off", "--no-input", "--disable-pip-version-check")
 NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window flashing up on Windows
 
@@ -82,19 +83,30 @@ def bundled_wheel(wheel_dir: Path) -> Path:
     return wheels[-1]
 
 
-def install_steps(wheel: Path, pins: dict, platform: str = sys.platform) -> list[Step]:
+def bundled_constraints(wheel_dir: Path) -> Path:
+    constraints = wheel_dir / CONSTRAINTS
+    if not constraints.is_file():
+        raise InstallFailed(f"no {CONSTRAINTS} in {wheel_dir}: this add-on was not built with `python build.py "
+                            f"addon`; install the extension zip it makes")
+    return constraints
+
+
+def install_steps(wheel: Path, pins: dict, constraints: Path, platform: str = sys.platform) -> list[Step]:
     """The pip commands, as build.py's setup() runs them: torch first and alone (from PyTorch's index where PyPI has
     no GPU build), then the engine with its faces extra keeping that torch, then mediapipe without its declared
-    dependencies (they pull jax and opencv-contrib, which it does not need)."""
+    dependencies (they pull jax and opencv-contrib, which it does not need). Each under the tested versions'
+    constraints: the engine's requirements only stop at the next major version."""
     index = ("--index-url", TORCH_INDEX[platform]) if platform in TORCH_INDEX else ()
-    return [Step(f"Installing PyTorch ({pins['torch']})", (*PIP, *index, pins["torch"])),
-            Step("Installing the engine", (*PIP, pins["torch"], f"{wheel}[faces]")),
-            Step(f"Installing face detection ({pins['mediapipe']})", (*PIP, "--no-deps", pins["mediapipe"]))]
+    pip = (*PIP, "--constraint", str(constraints))
+    return [Step(f"Installing PyTorch ({pins['torch']})", (*pip, *index, pins["torch"])),
+            Step("Installing the engine", (*pip, pins["torch"], f"{wheel}[faces]")),
+            Step(f"Installing face detection ({pins['mediapipe']})", (*pip, "--no-deps", pins["mediapipe"]))]
 
 
-def stamp(wheel: Path, pins: dict, platform: str = sys.platform) -> dict:
+def stamp(wheel: Path, pins: dict, constraints: Path, platform: str = sys.platform) -> dict:
     return {"wheel": wheel.name, "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
-            "torch": pins["torch"], "torch_index": TORCH_INDEX.get(platform, ""), "mediapipe": pins["mediapipe"]}
+            "torch": pins["torch"], "torch_index": TORCH_INDEX.get(platform, ""), "mediapipe": pins["mediapipe"],
+            "constraints_sha256": hashlib.sha256(constraints.read_bytes()).hexdigest()}
 
 
 def live_venv(home: Path) -> Path | None:
@@ -178,9 +190,9 @@ class Installer:
         self.tail = deque(maxlen=15)
 
     def wanted(self) -> tuple[list[Step], dict]:
-        wheel = bundled_wheel(self.wheel_dir)
+        wheel, constraints = bundled_wheel(self.wheel_dir), bundled_constraints(self.wheel_dir)
         pins = read_pins(self.wheel_dir)
-        return install_steps(wheel, pins), stamp(wheel, pins)
+        return install_steps(wheel, pins, constraints), stamp(wheel, pins, constraints)
 
     def up_to_date(self) -> bool:
         current = installed(self.home)

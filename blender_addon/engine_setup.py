@@ -29,12 +29,22 @@ def engine_home() -> Path:
         return Path(bpy.utils.user_resource("DATAFILES", path=__package__, create=True))
 
 
-def installed_engine_python() -> str:
-    return engine_install.engine_python(engine_home())
+def _prefs(context=None):
+    return (context or bpy.context).preferences.addons[__package__].preferences
 
 
-def _prefs(context):
-    return context.preferences.addons[__package__].preferences
+def engine_folder(prefs=None) -> Path:
+    """Where the engine in use lives: the folder the last successful install went to, else the extension's."""
+    folder = (prefs or _prefs()).engine_folder
+    return Path(bpy.path.abspath(folder)) if folder else engine_home()
+
+
+def installed_engine_python(prefs=None) -> str:
+    return engine_install.engine_python(engine_folder(prefs))
+
+
+def _chosen_folder(operator, context) -> Path:
+    return Path(bpy.path.abspath(operator.target)) if operator.target else engine_folder(_prefs(context))
 
 
 class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
@@ -44,14 +54,15 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
 
     target: bpy.props.StringProperty(
         name="Folder", subtype="DIR_PATH", options={"SKIP_SAVE"},
-        description="Where the engine goes; empty: the extension's user folder")
+        description="Where the engine goes; empty: where the engine in use is (at first, the extension's user "
+                    "folder). The add-on uses the engine installed last")
     force: bpy.props.BoolProperty(name="Reinstall", options={"SKIP_SAVE"},
                                   description="Install again even if this engine is already installed")
 
     def _installer(self, context):
-        home = Path(bpy.path.abspath(self.target)) if self.target else engine_home()
         chosen = _prefs(context).install_python
-        return Installer(home, WHEEL_DIR, bpy.path.abspath(chosen) if chosen else sys.executable)
+        python = bpy.path.abspath(chosen) if chosen else sys.executable
+        return Installer(_chosen_folder(self, context), WHEEL_DIR, python)
 
     def execute(self, context):
         shown = [""]
@@ -89,12 +100,15 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
 
 
 def _outcome(job) -> str:
+    """How the install ended; a successful one becomes the engine in use, wherever it went."""
     InstallState.error = str(job.error) if job.error is not None else ""
     if job.error is not None:
         return f"Splat Restore: {job.error}"
-    probe = engine_install.installed(job.installer.home)["probe"]
+    home = job.installer.home
+    _prefs().engine_folder = "" if home == engine_home() else str(home)
+    probe = engine_install.installed(home)["probe"]
     done = "installed" if job.changed else "already installed, nothing to do"
-    return f"Splat Restore: engine {done}: {engine_install.describe(probe)}"
+    return f"Splat Restore: engine {done} in {home}: {engine_install.describe(probe)}"
 
 
 def _follow_install():
@@ -117,20 +131,32 @@ class SPLATRESTORE_OT_remove_engine(bpy.types.Operator):
     bl_label = "Remove Engine"
 
     target: bpy.props.StringProperty(name="Folder", subtype="DIR_PATH", options={"SKIP_SAVE"},
-                                     description="The folder Install Engine used; empty: the extension's")
+                                     description="The folder Install Engine used; empty: the engine in use")
 
     def execute(self, context):
         if InstallState.job is not None:
             self.report({"ERROR"}, "Splat Restore: an engine install is running; remove it when it is done")
             return {"CANCELLED"}
         MANAGER.stop()
+        home, prefs = _chosen_folder(self, context), _prefs(context)
         try:
-            engine_install.remove(Path(bpy.path.abspath(self.target)) if self.target else engine_home())
+            engine_install.remove(home)
         except InstallFailed as e:
             self.report({"ERROR"}, f"Splat Restore: {e}")
             return {"CANCELLED"}
-        self.report({"INFO"}, "Splat Restore: engine removed")
+        if home == engine_folder(prefs):  # gone: back to the extension's engine, if any
+            prefs.engine_folder = ""
+        self.report({"INFO"}, f"Splat Restore: engine in {home} removed")
         return {"FINISHED"}
+
+
+def engine_status(prefs) -> list[str]:
+    """The engine box's status: which installed engine is in use, and where it is."""
+    home = engine_folder(prefs)
+    current = engine_install.installed(home)
+    if not current:
+        return [f"No engine installed in {home} (a few GB: PyTorch and the engine)"]
+    return [engine_install.describe(current["probe"]), f"In {home}"]
 
 
 def draw_engine_box(layout, prefs):
@@ -141,12 +167,10 @@ def draw_engine_box(layout, prefs):
         if job.line:
             box.label(text=job.line[-120:])
         return
-    home = engine_home()
+    home = engine_folder(prefs)
     current = engine_install.installed(home)
-    if current:
-        box.label(text=engine_install.describe(current["probe"]), icon="CHECKMARK")
-    else:
-        box.label(text="No engine installed here (a few GB: PyTorch and the engine)", icon="INFO")
+    for line in engine_status(prefs):
+        box.label(text=line, icon="CHECKMARK" if current else "INFO")
     row = box.row()
     if not WHEEL_DIR.is_dir():
         row.label(text="This add-on carries no engine: install the zip `python build.py addon` makes")

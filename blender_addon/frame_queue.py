@@ -1,114 +1,19 @@
-"""Frames handed to the engine as Blender writes them, and the engine's lifetime. No bpy: tested with plain pytest.
+"""Frames handed to the engine as Blender writes them. No bpy: tested with plain pytest.
 
 Each frame is one request, sent the moment Blender has written the file, so restoring overlaps rendering; the engine
-batches whatever is queued. If the engine dies, it is restarted once and the unfinished frames are sent again; the
-engine writes atomically, so a frame it did not finish is simply absent, never half-written.
+batches whatever is queued. If the engine dies, it is restarted once and the frames it had not reported written are
+sent again; the engine writes atomically, so a frame it did not finish is simply absent, never half-written.
 """
 from __future__ import annotations
 
 import os
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
-from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings, find_venv_python
-from .engine_link.scan import natural_key, scan_folder
-
-RESTORED_FOLDER = "restored"
-
-
-def check_restored_folder(folder: str) -> str:
-    """The scene's "Folder" setting, normalized ("a/../b" is "b", so no stray "a" is created), and refused unless it
-    names a folder strictly inside the output folder: anything else (empty, ".", absolute, or out through "..")
-    would put restored frames over the renders or outside the shot."""
-    text = folder.strip()
-    where = f"the Folder setting {folder!r}"
-    if not text:
-        raise ValueError(f"{where} is empty: restored frames would overwrite the renders. Name a subfolder "
-                         f"(e.g. {RESTORED_FOLDER!r}) or turn on In Place")
-    windows = PureWindowsPath(text)
-    if text.startswith(("/", "\\")) or windows.drive or windows.root:  # "//" too: Blender's blend-relative prefix
-        raise ValueError(f"{where} is an absolute path: it must be a subfolder of the output folder, "
-                         f"e.g. {RESTORED_FOLDER!r}")
-    parts = []
-    for part in PurePosixPath(text.replace("\\", "/")).parts:
-        if part == "..":
-            if not parts:
-                raise ValueError(f"{where} leads out of the output folder through '..': it must be a subfolder "
-                                 f"of the output folder, e.g. {RESTORED_FOLDER!r}")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    if not parts:
-        raise ValueError(f"{where} is the output folder itself: restored frames would overwrite the renders. "
-                         f"Name a subfolder (e.g. {RESTORED_FOLDER!r}) or turn on In Place")
-    return "/".join(parts)
-
-
-def restored_path(frame: str | os.PathLike, in_place: bool = False, folder: str = RESTORED_FOLDER) -> Path:
-    """Where a restored frame goes: `<frame dir>/<folder>/<same name>`, or the frame itself when in place."""
-    frame = Path(frame)
-    return frame if in_place else frame.parent / check_restored_folder(folder) / frame.name
-
-
-def newest_existing(candidates) -> Path | None:
-    """The file Blender just wrote: render_write does not say whether it wrote an animation frame
-    (`frame_path`, numbered) or a still (the output path itself), so take whichever exists and is newest."""
-    found = [Path(c) for c in candidates if c and Path(c).is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
-
-
-def default_engine_python(installed: str = "") -> str:
-    """The engine interpreter when the preferences name none: $SPLAT_RESTORE_ENGINE_PYTHON (farms, development),
-    else the one Install Engine made (`installed`), else the checkout's .venv."""
-    env = os.environ.get("SPLAT_RESTORE_ENGINE_PYTHON")
-    if env or installed:
-        return env or installed
-    found = find_venv_python(Path(__file__).resolve().parents[1])
-    return str(found) if found else ""
-
-
-class EngineManager:
-    """One engine process for the Blender session; restarted when settings change or after a crash."""
-
-    def __init__(self):
-        self.client: EngineClient | None = None
-        self.settings: EngineSettings | None = None
-        self.last_error = ""
-        self.starting = False
-
-    @property
-    def status(self) -> str:
-        if self.starting:
-            return "starting"
-        if self.client is not None and self.client.alive:
-            state = "busy" if self.client._pending else "ready"
-            return f"{state}, compiling…" if self.client.compiling else state
-        return "error" if self.last_error else "stopped"
-
-    def client_for(self, settings: EngineSettings) -> EngineClient:
-        if self.client is not None and settings != self.settings:
-            self.stop()
-        elif self.client is not None:  # same engine; the time limits may have changed, and apply from now
-            self.settings = self.client.settings = settings
-        if self.client is None or not self.client.alive:
-            self.settings = settings
-            self.client = EngineClient(settings)
-            self.starting = True
-            try:
-                self.client.start()
-                self.last_error = ""
-            except EngineError as e:
-                self.last_error = str(e)
-                raise
-            finally:
-                self.starting = False
-        return self.client
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.shutdown()
-        self.client = None
+from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
+from .engine_manager import EngineManager
+from .output_paths import RESTORED_FOLDER, check_restored_folder, restored_path
 
 
 @dataclass
@@ -159,6 +64,13 @@ class FrameQueue:
         """Hand one written frame to the engine; returns at once (the first call may wait for the engine to load)."""
         self._send(str(frame), str(restored_path(frame, self.in_place, self.folder)))
 
+    def record_missing(self, where: str, reason: str) -> None:
+        """A frame Blender wrote that cannot be found: it fails, and still takes its number in the sequence, so the
+        engine restarts the fusion at the next frame rather than fusing it with the frame before the missing one."""
+        self.report.failed.append((where, reason))
+        if self.sequence is not None:
+            self.next_index += 1
+
     def _send(self, src: str, dst: str) -> None:
         options = {"overwrite": True, "in_place": self.in_place, "faces": self.faces}
         if self.sequence is not None:
@@ -205,14 +117,12 @@ class FrameQueue:
             lost = []
             for src, dst, client, request in batch:
                 try:
-                    result = client.wait(request)
-                    self.report.restored.append(dst)
-                    for item in result.get("items", []):
-                        self.report.faces += len(item.get("faces", []))
-                        if item.get("note"):
-                            self.report.no_face.append((src, item["note"]))
+                    self._record(src, dst, client.wait(request).get("items", []))
                 except EngineDied:
-                    lost.append((src, dst))
+                    if request.decided:  # written before the crash: an In Place frame sent again is restored twice
+                        self._record(src, dst, request.decided)
+                    else:
+                        lost.append((src, dst))
                 except EngineError as e:
                     if e.code == "cancelled":
                         self.report.cancelled += 1
@@ -224,6 +134,19 @@ class FrameQueue:
                 self._send(src, dst)  # restarts the engine once; after that each lost frame fails with the reason
         return self.report
 
+    def _record(self, src: str, dst: str, items: list[dict]) -> None:
+        """One frame's outcome from the engine's items for it (the final answer's, or those it reported before
+        dying)."""
+        failed = [i for i in items if i.get("status") == "failed"]
+        if failed:
+            self.report.failed.append((src, failed[0].get("reason", "failed")))
+            return
+        self.report.restored.append(dst)
+        for item in items:
+            self.report.faces += len(item.get("faces", []))
+            if item.get("note"):
+                self.report.no_face.append((src, item["note"]))
+
     def cancel(self) -> None:
         client = self.manager.client
         for *_, request in self.pending:
@@ -232,34 +155,3 @@ class FrameQueue:
                     client.cancel(request)
                 except EngineError:
                     pass
-
-
-def folder_items(input_dir: str | os.PathLike, output_dir: str | os.PathLike | None,
-                 recursive: bool = False) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for a folder of saved renders; output defaults to `<input_dir>/restored`."""
-    if not str(input_dir).strip():  # Path("") is the working directory: never restore that by accident
-        raise ValueError("no input folder given: choose the folder of saved renders to restore")
-    src = Path(input_dir)
-    if not src.is_dir():
-        raise ValueError(f"input folder {src} does not exist")
-    dst = Path(output_dir) if output_dir else src / RESTORED_FOLDER
-    items = [(p, dst / p.relative_to(src)) for p in scan_folder(src, dst, recursive)]
-    if not items:
-        raise ValueError(f"no images (PNG, JPEG, TIFF, WebP) in {src}" + ("" if recursive else
-                                                                           " (subfolders need Recursive)"))
-    return items
-
-
-def sequence_items(items: list[tuple[Path, Path]]) -> list[dict]:
-    """Restore items for a folder of animation frames: each folder's frames one sequence in natural name order
-    (f_2 before f_10), numbered so the engine fuses each frame with the one before."""
-    folders: dict = {}
-    for src, dst in items:
-        folders.setdefault(src.parent, []).append((src, dst))
-    out = []
-    for frames in folders.values():
-        sequence = new_sequence()
-        frames.sort(key=lambda pair: natural_key(pair[0].name))
-        out += [{"input": str(src), "output": str(dst), "sequence": sequence, "index": k}
-                for k, (src, dst) in enumerate(frames)]
-    return out

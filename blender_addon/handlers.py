@@ -5,7 +5,8 @@ import bpy
 from bpy.app.handlers import persistent
 
 from .exit_status import FAILURES, fail_on_errors
-from .frame_queue import FrameQueue, newest_existing
+from .frame_queue import FrameQueue
+from .output_paths import newest_existing
 from .preferences import engine_settings
 from .state import MANAGER, RenderState
 
@@ -54,7 +55,7 @@ def on_render_write(scene, *_):
         still += render.file_extension
     frame = newest_existing([render.frame_path(frame=scene.frame_current), still])
     if frame is None:
-        queue.report.failed.append((render.filepath, "cannot find the frame Blender just wrote"))
+        queue.record_missing(render.filepath, "cannot find the frame Blender just wrote")
         return
     queue.submit(frame)
 

@@ -1,5 +1,6 @@
 """Operators: Restore Render, Restore Folder, Stop Engine. Interactive runs are modal (progress, Esc cancels);
 in background mode (blender -b) they block, because bpy.app.timers and modal timers never fire there."""
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -7,9 +8,9 @@ from pathlib import Path
 import bpy
 
 from .engine_link.client import EngineDied, EngineError
-from .frame_queue import folder_items, sequence_items
+from .folder_restore import folder_items, sequence_items
 from .preferences import engine_settings
-from .state import MANAGER
+from .state import MANAGER, RenderState
 
 RESTORED_IMAGE = "Restored Render"
 
@@ -54,9 +55,13 @@ class EngineJob:
 
 
 class _ModalEngineOperator:
-    """Shared modal loop: subclasses implement prepare() -> make_request, and finish(context, result)."""
+    """Shared modal loop: subclasses implement prepare() -> make_request, and finish(context, result); cleanup()
+    runs once the run is over, however it ended (restored, failed, cancelled, or refused while preparing)."""
     _timer = None
     _job = None
+
+    def cleanup(self):
+        pass
 
     def execute(self, context):
         make_request = self._prepare_or_report(context)
@@ -101,17 +106,21 @@ class _ModalEngineOperator:
         try:
             return self.prepare(context)
         except (ValueError, OSError, RuntimeError) as e:
+            self.cleanup()
             self.report({"ERROR"}, f"Splat Restore: {e}")
             return None
 
     def _conclude(self, context, job):
-        if job.error is not None:
-            if isinstance(job.error, EngineError) and job.error.code == "cancelled":
-                self.report({"WARNING"}, f"Splat Restore: cancelled ({job.error})")
-                return {"CANCELLED"}
-            self.report({"ERROR"}, f"Splat Restore: {job.error}")
+        try:
+            if job.error is None:
+                return self.finish(context, job.result)
+        finally:
+            self.cleanup()
+        if isinstance(job.error, EngineError) and job.error.code == "cancelled":
+            self.report({"WARNING"}, f"Splat Restore: cancelled ({job.error})")
             return {"CANCELLED"}
-        return self.finish(context, job.result)
+        self.report({"ERROR"}, f"Splat Restore: {job.error}")
+        return {"CANCELLED"}
 
 
 def save_render_png(scene, path: Path) -> None:
@@ -138,8 +147,8 @@ class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
     bl_label = "Restore Render"
 
     def prepare(self, context):
-        folder = Path(tempfile.mkdtemp(prefix="splat_restore_"))
-        self._src, self._dst = folder / "render.png", folder / "restored.png"
+        self._folder = Path(tempfile.mkdtemp(prefix="splat_restore_"))
+        self._src, self._dst = self._folder / "render.png", self._folder / "restored.png"
         save_render_png(context.scene, self._src)
         faces = context.scene.splat_restore.faces
         return lambda client: client.restore([(self._src, self._dst)], overwrite=True, faces=faces)
@@ -156,7 +165,7 @@ class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
                 bpy.data.images.remove(old)
             image = bpy.data.images.load(path, check_existing=False)
             image.name = name
-            image.pack()  # the temporary file may go; the result stays with the .blend
+            image.pack()  # the result stays with the .blend; its temporary file goes in cleanup()
             shown = shown or image
         screen = context.screen
         for area in (screen.areas if screen and shown else []):
@@ -169,6 +178,12 @@ class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
         self.report({"INFO"}, f"Splat Restore: render restored ({detail})")
         return {"FINISHED"}
 
+    def cleanup(self):
+        """The render and its restored copy, at full size: a folder left behind per click would fill the disk."""
+        folder = getattr(self, "_folder", None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
 
 class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
     """Restore every saved render in a folder"""
@@ -180,6 +195,13 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
     output_dir: bpy.props.StringProperty(name="Output Folder", subtype="DIR_PATH",
                                          description="Empty: a 'restored' folder inside the input folder")
     recursive: bpy.props.BoolProperty(name="Recursive", default=False)
+    # every shot numbers its frames 0001.png...: a second shot restored into the same folder would replace the
+    # first's. Not remembered: each call starts at Skip, so one Overwrite cannot silently carry over to the next
+    existing: bpy.props.EnumProperty(
+        name="Existing Files", default="skip", options={"SKIP_SAVE"},
+        description="Restored files already in the output folder",
+        items=[("skip", "Skip", "Keep them and restore only the renders that have no restored file yet"),
+               ("overwrite", "Overwrite", "Replace them with new restores")])
     # filled by the folder picker (Blender's file browser writes the chosen folder into `directory`)
     directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
@@ -187,6 +209,7 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
     def draw(self, context):  # the picker's side panel: the chosen folder is the input
         self.layout.prop(self, "output_dir")
         self.layout.prop(self, "recursive")
+        self.layout.prop(self, "existing")
 
     def invoke(self, context, event):
         if self.input_dir or bpy.app.background:
@@ -215,14 +238,18 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
         faces = context.scene.splat_restore.faces
         if context.scene.splat_restore.temporal:
             items = sequence_items(items)
-        return lambda client: client.restore(items, overwrite=True, faces=faces)
+        overwrite = self.existing == "overwrite"
+        return lambda client: client.restore(items, overwrite=overwrite, skip_existing=not overwrite, faces=faces)
 
     def finish(self, context, result):
         items = result.get("items", [])
         no_face = sum(1 for i in items if i.get("note"))
         faces = sum(len(i.get("faces", [])) for i in items)
-        extra = f" ({faces} faces, {no_face} without a face left unchanged)" if faces or no_face else ""
-        self.report({"INFO"}, f"Splat Restore: {result.get('restored', 0)} of {self._count} renders restored{extra}")
+        skipped = result.get("skipped", 0)
+        extra = f", {skipped} skipped: already restored (Existing Files: Overwrite replaces them)" if skipped else ""
+        extra += f" ({faces} faces, {no_face} without a face left unchanged)" if faces or no_face else ""
+        RenderState.last_report = f"Splat Restore: {result.get('restored', 0)} of {self._count} renders restored{extra}"
+        self.report({"INFO"}, RenderState.last_report)
         return {"FINISHED"}
 
 

@@ -6,7 +6,7 @@ from .engine_setup import draw_engine_box, installed_engine_python
 from .engine_link.client import EngineSettings
 from .engine_link.licenses import ACCEPT_ENV, NVIDIA_DIFIX
 from .engine_link.weights import DIFIX_HUB_ID, MODELS
-from .frame_queue import default_engine_python
+from .engine_manager import default_engine_python
 from .state import MANAGER
 
 
@@ -37,6 +37,10 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
         description="The engine's own interpreter (its venv: .venv/bin/python, or .venv\\Scripts\\python.exe on "
                     "Windows). Empty: $SPLAT_RESTORE_ENGINE_PYTHON, the engine Install Engine made, or the "
                     "checkout's .venv")
+    engine_folder: bpy.props.StringProperty(
+        name="Engine Folder", subtype="DIR_PATH",
+        description="Where the engine in use was installed; Install Engine sets it. Empty: the extension's user "
+                    "folder")
     install_python: bpy.props.StringProperty(
         name="Python for Install", subtype="FILE_PATH",
         description="The Python 3.10-3.12 that Install Engine makes the engine's environment with; empty: "
@@ -94,7 +98,7 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
         draw_engine_box(layout, self)
         layout.prop(self, "engine_python")
         if not self.engine_python:
-            layout.label(text=f"Using: {default_engine_python(installed_engine_python()) or 'nothing found'}")
+            layout.label(text=f"Using: {default_engine_python(installed_engine_python(self)) or 'nothing found'}")
         layout.prop(self, "model")
         if self.model == "difix":
             self.draw_difix(layout)
@@ -142,7 +146,7 @@ def preferences(context=None):
 def engine_settings(context=None) -> EngineSettings:
     prefs = preferences(context)
     python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python \
-        else default_engine_python(installed_engine_python())
+        else default_engine_python(installed_engine_python(prefs))
     difix = prefs.model == "difix"
     if difix:
         weights = bpy.path.abspath(prefs.difix_weights) if prefs.difix_weights.startswith("//") \

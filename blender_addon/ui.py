@@ -2,7 +2,7 @@
 import bpy
 
 from .engine_setup import InstallState
-from .frame_queue import check_restored_folder
+from .output_paths import check_restored_folder
 from .state import MANAGER, RenderState
 
 

@@ -1,5 +1,5 @@
 """Stand-in engines for the client's failure paths: hung, silent, another protocol version, failing every frame,
-dying or hanging halfway through writing a frame.
+dying or hanging halfway through writing a frame, dying halfway through a batch, answering only once it reads on.
 
 `make_stand_in(folder, behaviour)` writes an executable that the client can be given as its "engine python": the
 client runs `<it> -m engine serve ...`, and the stand-in ignores those arguments. Standard library only.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 def make_stand_in(folder: Path, behaviour: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    script = folder / f"stand_in_{behaviour.replace(':', '_').replace('.', '_')}"
+    script = folder / f"stand_in_{behaviour.replace(':', '_').replace('.', '_').replace('/', '_')}"
     script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                       f"import stand_in_engine\nstand_in_engine.main({behaviour!r})\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -26,6 +26,46 @@ def _send(message: dict) -> None:
     sys.stdout.flush()
 
 
+def _restore_visibly(request_id, items: list) -> None:
+    """Each output is its input with " restored" added, so that a frame restored twice shows it; progress tells of
+    each frame as the engine's does."""
+    for done, item in enumerate(items, 1):
+        Path(item["output"]).write_bytes(Path(item["input"]).read_bytes() + b" restored")
+        _send({"id": request_id, "event": "progress", "done": done, "total": len(items),
+               "item": {**item, "status": "restored"}})
+    _send({"id": request_id, "ok": True, "result": {"items": [{**i, "status": "restored"} for i in items],
+                                                    "restored": len(items), "failed": 0}})
+
+
+def _die_mid_batch(arg: str) -> None:
+    """dies-mid-batch:W/B gathers B frames, whichever requests they come in, writes and reports the first W, then
+    dies before any final answer, as the engine does when it crashes inside a batch. Only the first start dies (a
+    file beside the script remembers it): the restarted one restores what it is sent."""
+    written, size = (int(n) for n in arg.split("/"))
+    died = Path(sys.argv[0]).with_suffix(".died")
+    batch = []  # (request id, item, the request's number of items)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("op") == "shutdown":
+            _send({"id": msg["id"], "ok": True, "result": {"shutdown": True}})
+            return
+        if msg.get("op") != "restore":
+            continue
+        if died.exists():
+            _restore_visibly(msg["id"], msg["items"])
+            continue
+        batch += [(msg["id"], item, len(msg["items"])) for item in msg["items"]]
+        if len(batch) >= size:
+            died.write_text("")
+            done: dict = {}
+            for request_id, item, total in batch[:written]:
+                Path(item["output"]).write_bytes(Path(item["input"]).read_bytes() + b" restored")
+                done[request_id] = done.get(request_id, 0) + 1
+                _send({"id": request_id, "event": "progress", "done": done[request_id], "total": total,
+                       "item": {**item, "status": "restored"}})
+            sys.exit(3)
+
+
 def main(behaviour: str) -> None:
     kind, _, arg = behaviour.partition(":")
     if kind == "silent-start":  # never says ready
@@ -35,11 +75,22 @@ def main(behaviour: str) -> None:
            "device": "cpu"})
     if kind == "compiling":  # compiles in the background until its first restore is answered
         _send({"event": "compile", "state": "compiling", "mode": "reduce-overhead", "shapes": [], "seconds": 0})
+    if kind == "dies-mid-batch":
+        return _die_mid_batch(arg)
+    held = []  # "held": restore requests answered only once another line comes in
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("op") == "shutdown":
             _send({"id": msg["id"], "ok": True, "result": {"shutdown": True}})
             return
+        if kind == "held":
+            if msg.get("op") == "restore":
+                held.append(msg)
+            else:
+                for request in held:
+                    _restore_visibly(request["id"], request["items"])
+                held.clear()
+            continue
         if kind in ("silent", "protocol") or msg.get("op") != "restore":
             continue
         items = msg.get("items") or [{"input": msg["input"], "output": msg["output"]}]

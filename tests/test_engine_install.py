@@ -16,6 +16,7 @@ def wheel_dir(tmp_path):
     folder.mkdir()
     (folder / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel v1")
     (folder / "pins.json").write_text(json.dumps({"torch": "torch==2.13.0", "mediapipe": "mediapipe==0.10.21"}))
+    (folder / "constraints.txt").write_text("diffusers==0.42.1\n")
     return folder
 
 
@@ -30,7 +31,7 @@ def fake_pip(monkeypatch):
     monkeypatch.setattr(engine_install, "PROBE", f"print({json.dumps(json.dumps(PROBE))})")
     steps = {"fail": False}
 
-    def fake_steps(wheel, pins, platform=sys.platform):
+    def fake_steps(wheel, pins, constraints, platform=sys.platform):
         code = "import sys; print('Collecting torch'); print('ERROR: No space left on device'); sys.exit(1)" \
             if steps["fail"] else "print('Successfully installed torch')"
         return [Step("Installing PyTorch", ("-c", code))]
@@ -48,13 +49,36 @@ def installer(home, wheel_dir, seen=None):
 def test_windows_takes_torch_from_pytorchs_cuda_index_and_the_others_from_pypi(tmp_path):
     pins = {"torch": "torch==2.13.0", "mediapipe": "mediapipe==0.10.21"}
     wheel = tmp_path / "splat_restore-0.1.0-py3-none-any.whl"
-    win = engine_install.install_steps(wheel, pins, "win32")
+    win = engine_install.install_steps(wheel, pins, tmp_path / "constraints.txt", "win32")
     assert win[0].args[-3:] == ("--index-url", "https://download.pytorch.org/whl/cu128", "torch==2.13.0")
     for platform in ("linux", "darwin"):
-        assert "--index-url" not in engine_install.install_steps(wheel, pins, platform)[0].args
+        assert "--index-url" not in engine_install.install_steps(wheel, pins, tmp_path / "c.txt", platform)[0].args
     engine, mediapipe = win[1].args, win[2].args
     assert "torch==2.13.0" in engine and engine[-1] == f"{wheel}[faces]" and "--index-url" not in engine
     assert mediapipe[-2:] == ("--no-deps", "mediapipe==0.10.21")
+
+
+@pytest.mark.parametrize("platform", ["win32", "linux", "darwin"])
+def test_every_pip_step_keeps_to_the_constraints_the_tests_ran_with(tmp_path, platform):
+    constraints = tmp_path / "engine_wheel" / "constraints.txt"
+    steps = engine_install.install_steps(tmp_path / "e.whl", {"torch": "torch", "mediapipe": "mediapipe"},
+                                         constraints, platform)
+    for step in steps:
+        at = step.args.index("--constraint")
+        assert step.args[at + 1] == str(constraints), step.phase
+
+
+def test_new_constraints_make_the_installed_engine_out_of_date(tmp_path, wheel_dir, fake_pip):
+    home = tmp_path / "home"
+    installer(home, wheel_dir).install()
+    (wheel_dir / "constraints.txt").write_text("diffusers==0.43.0\n")
+    assert installer(home, wheel_dir).up_to_date() is False
+
+
+def test_an_add_on_zip_without_constraints_is_refused(tmp_path, wheel_dir, fake_pip):
+    (wheel_dir / "constraints.txt").unlink()
+    with pytest.raises(InstallFailed, match="no constraints.txt in .*python build.py addon"):
+        installer(tmp_path / "home", wheel_dir).install()
 
 
 def test_the_torch_requirement_can_be_overridden(wheel_dir, monkeypatch):
@@ -165,7 +189,7 @@ def test_remove_forgets_the_engine(tmp_path, wheel_dir, fake_pip):
 
 
 def test_the_installed_engine_is_the_default_but_the_environment_variable_wins(monkeypatch):
-    from blender_addon.frame_queue import default_engine_python
+    from blender_addon.engine_manager import default_engine_python
 
     monkeypatch.delenv("SPLAT_RESTORE_ENGINE_PYTHON", raising=False)
     assert default_engine_python("/home/u/engine/bin/python") == "/home/u/engine/bin/python"

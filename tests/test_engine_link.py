@@ -2,13 +2,16 @@
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from blender_addon.engine_link import protocol
 from blender_addon.engine_link.client import EngineClient, EngineError, EngineSettings
-from blender_addon.frame_queue import EngineManager, FrameQueue
+from blender_addon.engine_manager import EngineManager
+from blender_addon.frame_queue import FrameQueue
 from stand_in_engine import make_stand_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +113,54 @@ def test_a_render_with_a_hung_engine_ends_with_every_frame_failed(tmp_path):
     assert len(report.failed) == 3 and not report.restored and report.restarts == 0
     assert "no answer for 1 s" in report.summary()
     queue.manager.stop()
+
+
+def test_frames_the_engine_wrote_before_it_died_are_not_restored_again_in_place(tmp_path):
+    queue = FrameQueue(EngineManager(), _settings(tmp_path, "dies-mid-batch:2/4"), in_place=True)
+    frames = _frames(tmp_path, 4)
+    renders = [f.read_bytes() for f in frames]
+    for frame in frames:
+        queue.submit(frame)
+    report = queue.drain()
+    assert [f.read_bytes() for f in frames] == [r + b" restored" for r in renders]  # once each, never twice
+    assert sorted(report.restored) == sorted(map(str, frames)) and not report.failed and report.restarts == 1
+    queue.manager.stop()
+
+
+class _FullPipe:
+    """The engine's stdin while the pipe is full and the engine is busy writing: a write blocks until released."""
+
+    def __init__(self):
+        self.writing, self.released = threading.Event(), threading.Event()
+
+    def write(self, data):
+        self.writing.set()
+        self.released.wait(30)
+
+    def flush(self):
+        pass
+
+
+def test_the_engine_s_answers_are_taken_while_a_request_waits_to_be_written(tmp_path):
+    client = EngineClient(_settings(tmp_path, "held"))
+    client.start()
+    frame = _frames(tmp_path, 1)[0]
+    (tmp_path / "out").mkdir()
+    held = client.restore([(frame, tmp_path / "out" / frame.name)])  # answered once the engine reads its next line
+    engine_stdin, full = client.process.stdin, _FullPipe()
+    client.process.stdin = full
+    writer = threading.Thread(target=client.request, args=("ping",), daemon=True)
+    writer.start()
+    assert full.writing.wait(10)
+    engine_stdin.write(protocol.encode({"id": "go", "op": "ping"}))
+    engine_stdin.flush()
+    try:
+        assert held.wait(10)["restored"] == 1
+    finally:
+        full.released.set()
+        writer.join(10)
+        client.process.stdin = engine_stdin
+        client.kill()
 
 
 def test_the_engine_lists_its_devices():

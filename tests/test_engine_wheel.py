@@ -4,12 +4,24 @@ import os
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine_wheel import build_engine_wheel  # noqa: E402
+from engine_wheel import build_engine_wheel, engine_requirements, installed_constraints, project  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def addon_zip():
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return zipfile.ZipFile(r.stdout.strip().splitlines()[-1])
 
 
 def test_the_wheel_is_pure_python_and_holds_only_what_the_engine_runs(tmp_path):
@@ -41,12 +53,30 @@ def test_the_installed_wheel_runs_the_engine_without_the_checkout(tmp_path):
     assert Path(json.loads(r.stdout)).is_relative_to(target)
 
 
-def test_the_addon_zip_carries_the_wheel_and_its_pins_outside_the_manifest(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    with zipfile.ZipFile(r.stdout.strip().splitlines()[-1]) as zf:
-        assert "engine_wheel/splat_restore-0.1.0-py3-none-any.whl" in zf.namelist()
-        pins = json.loads(zf.read("engine_wheel/pins.json"))
-        assert pins == {"torch": os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0"),
-                        "mediapipe": "mediapipe==0.10.21"}
-        assert b"wheels" not in zf.read("blender_manifest.toml")
+def test_the_addon_zip_carries_the_wheel_and_its_pins_outside_the_manifest(addon_zip):
+    zf = addon_zip
+    assert "engine_wheel/splat_restore-0.1.0-py3-none-any.whl" in zf.namelist()
+    pins = json.loads(zf.read("engine_wheel/pins.json"))
+    assert pins == {"torch": os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0"),
+                    "mediapipe": "mediapipe==0.10.21"}
+    assert b"wheels" not in zf.read("blender_manifest.toml")
+
+
+def test_the_addon_zip_pins_the_engines_dependencies_at_the_versions_the_tests_run_with(addon_zip):
+    """These tests run in the engine venv: what the zip pins is what is installed here, down to the dependencies
+    of dependencies; torch and mediapipe keep their own pins (pins.json, $SPLAT_RESTORE_TORCH)."""
+    shipped = addon_zip.read("engine_wheel/constraints.txt").decode()
+    pinned = dict(line.split("==") for line in shipped.splitlines())
+    for name in ("diffusers", "transformers", "peft", "huggingface-hub", "numpy", "opencv-python-headless",
+                 "protobuf", "tokenizers", "filelock"):
+        assert pinned[name] == metadata.version(name), name
+    assert "torch" not in pinned and "mediapipe" not in pinned
+    assert shipped == installed_constraints(engine_requirements(project()))
+
+
+@pytest.mark.parametrize("requirement", engine_requirements(project()))
+def test_every_engine_requirement_stops_before_the_next_major_version(requirement):
+    req = Requirement(requirement)
+    tested = Version(metadata.version(req.name))
+    assert tested in req.specifier, f"{requirement}: the tests run with {tested}"
+    assert Version(f"{tested.major + 1}") not in req.specifier, f"{requirement}: no bound below {tested.major + 1}"

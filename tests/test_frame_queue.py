@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from blender_addon.engine_link.client import EngineDied, EngineSettings, find_venv_python
-from blender_addon.frame_queue import (FrameQueue, QueueReport, check_restored_folder, folder_items, newest_existing,
-                                       restored_path, sequence_items)
+from blender_addon.folder_restore import folder_items, sequence_items
+from blender_addon.frame_queue import FrameQueue, QueueReport
+from blender_addon.output_paths import check_restored_folder, newest_existing, restored_path
 
 
 def test_restored_frames_go_to_a_sibling_folder_or_in_place():
@@ -34,7 +35,7 @@ def test_a_folder_that_would_overwrite_or_escape_the_renders_is_refused(folder, 
 
 class _Request:
     def __init__(self, dies: bool):
-        self.dies, self.done = dies, True
+        self.dies, self.done, self.decided = dies, True, []
 
 
 class _Recorder:
@@ -211,3 +212,14 @@ def test_frames_resent_after_a_crash_start_a_new_sequence(tmp_path):
     first, resent = manager.client.sent[:3], manager.client.sent[3:]
     assert len(report.restored) == 3 and len(resent) == 2
     assert [o["index"] for o in resent] == [0, 1] and resent[0]["sequence"] != first[0]["sequence"]
+
+
+def test_a_frame_that_cannot_be_found_keeps_the_frames_around_it_from_being_fused(tmp_path):
+    manager = _Manager()
+    queue = FrameQueue(manager, EngineSettings(python="py", weights="w"), temporal=True)
+    queue.submit(tmp_path / "f_1.png")
+    queue.record_missing(str(tmp_path / "f_2.png"), "cannot find the frame Blender just wrote")
+    queue.submit(tmp_path / "f_3.png")
+    # the engine fuses a frame with the last one only when its index follows that one's (engine/temporal/sequences)
+    assert [o["index"] for o in manager.client.sent] == [0, 2]
+    assert queue.report.failed == [(str(tmp_path / "f_2.png"), "cannot find the frame Blender just wrote")]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from blender_addon.engine_link.scan import IMAGE_SUFFIXES, remove_temporaries, scan_folder
-from blender_addon.frame_queue import folder_items
+from blender_addon.folder_restore import folder_items
 from engine.cli import main
 from engine.images import FLOAT_SUFFIXES, SUPPORTED_SUFFIXES
 from engine.jobs import collect_items

@@ -77,6 +77,9 @@ class Request:
         self.on_progress = on_progress
         self.outputs = outputs  # what the engine may be writing for it: cleaned of temporaries if the engine dies
         self.done_count, self.total = 0, 0
+        # each frame's outcome as the engine reported it (protocol.progress's "item"), final answer or not: after a
+        # crash these frames are not sent again, as an In Place frame already replaced would be restored twice
+        self.decided: list[dict] = []
         self.response: dict | None = None
         self.error: EngineError | None = None
         self._event = threading.Event()
@@ -85,8 +88,10 @@ class Request:
     def done(self) -> bool:
         return self._event.is_set()
 
-    def _progress(self, done: int, total: int) -> None:
+    def _progress(self, done: int, total: int, item: dict | None = None) -> None:
         self.done_count, self.total = done, total
+        if isinstance(item, dict):
+            self.decided.append(item)
         if self.on_progress:
             self.on_progress(done, total)
 
@@ -116,7 +121,10 @@ class EngineClient:
         self.ready: dict | None = None
         self.compile: dict | None = None  # the engine's last compile status (protocol.compile_event)
         self._pending: dict = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pending requests; the stdout reader takes it for every line
+        # a write blocks while the engine's stdin pipe is full, so it has its own lock: the reader goes on taking
+        # the engine's answers meanwhile, which is what lets a busy engine get back to reading its stdin
+        self._write_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stderr: deque[str] = deque(maxlen=self.STDERR_TAIL)
         self._ready_event = threading.Event()
@@ -241,7 +249,7 @@ class EngineClient:
                 self.last_heard = time.monotonic()
             self._pending[req.id] = req
         try:
-            with self._lock:
+            with self._write_lock:
                 self.process.stdin.write(protocol.encode({"id": req.id, "op": op, **params}))
                 self.process.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
@@ -312,7 +320,7 @@ class EngineClient:
             if req is None:
                 continue
             if message.get("event") == "progress":
-                req._progress(message.get("done", 0), message.get("total", 0))
+                req._progress(message.get("done", 0), message.get("total", 0), message.get("item"))
                 continue
             with self._lock:
                 self._pending.pop(req.id, None)

@@ -4,7 +4,6 @@ fail an install, and remove the engine. Each step's outcome goes into REPORT (JS
 test_engine_install.py to read. argv: ZIP WEIGHTS WORKDIR REPORT"""
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,8 +55,8 @@ build_scene()
 bpy.ops.render.render()
 sys.modules[f"{package}.operators"].save_render_png(bpy.context.scene, work / "render.png")  # what the engine gets
 result, seconds, error = timed(bpy.ops.splat_restore.restore_render)
-if result == {"FINISHED"}:
-    shutil.copy(bpy.path.abspath(bpy.data.images["Restored Render"].filepath), work / "restored.png")
+if result == {"FINISHED"}:  # its temporary file is gone: the packed copy is what the user keeps
+    (work / "restored.png").write_bytes(bpy.data.images["Restored Render"].packed_file.data)
 record(restore=sorted(result), restore_error=error)
 
 log = (home / "install.log").read_text()

@@ -31,6 +31,7 @@ def build_scene(res=32, frames=(1, 3)):
     scene.splat_restore.auto_restore = False
     scene.splat_restore.in_place = False
     scene.splat_restore.temporal = True
+    scene.splat_restore.faces = "auto"  # a test that sets Face Crops must not turn the next one's restores into crops
     scene.frame_set(frames[0])
     return scene
 

@@ -86,6 +86,7 @@ def test_python_for_install_is_the_interpreter_the_venv_is_made_with(addon, tmp_
     wheels.mkdir()
     (wheels / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
     (wheels / "pins.json").write_text(json.dumps({"torch": TORCH_PIN, "mediapipe": "mediapipe==0.10.21"}))
+    (wheels / "constraints.txt").write_text("diffusers==0.42.1\n")
     monkeypatch.setattr(engine_setup, "WHEEL_DIR", wheels)
     addon.install_python = str(tmp_path / "python3.12")
     try:
@@ -116,3 +117,70 @@ def test_an_interactive_install_ends_showing_its_error_in_the_preferences(addon)
     InstallState.job = Failed()
     assert _follow_install() is None
     assert InstallState.job is None and InstallState.error.endswith("ERROR: no network")
+
+
+CANNED_PROBE = {"engine": "0.1.0", "torch": "2.13.0+cpu", "cuda_build": None, "cuda": False, "cuda_error": "",
+                "devices": [{"id": "cpu", "name": "CPU"}]}
+
+
+@pytest.fixture
+def canned_install(addon, tmp_path, monkeypatch):
+    """Install Engine with real venvs (without pip: milliseconds) and no pip steps; the preferences name no engine,
+    so the add-on picks the one installed."""
+    from blender_addon import engine_install, engine_setup
+
+    wheels = tmp_path / "engine_wheel"
+    wheels.mkdir()
+    (wheels / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (wheels / "pins.json").write_text(json.dumps({"torch": TORCH_PIN, "mediapipe": "mediapipe==0.10.21"}))
+    (wheels / "constraints.txt").write_text("diffusers==0.42.1\n")
+    monkeypatch.setattr(engine_setup, "WHEEL_DIR", wheels)
+    monkeypatch.setattr(engine_install, "VENV", ("-m", "venv", "--without-pip"))
+    monkeypatch.setattr(engine_install, "PROBE", f"print({json.dumps(json.dumps(CANNED_PROBE))})")
+    monkeypatch.setattr(engine_install, "install_steps", lambda *args, **kw: [])
+    monkeypatch.delenv("SPLAT_RESTORE_ENGINE_PYTHON", raising=False)
+    saved = addon.engine_python
+    addon.engine_python = ""
+    yield engine_install
+    addon.engine_python, addon.engine_folder = saved, ""
+
+
+def test_an_engine_installed_into_a_chosen_folder_is_the_one_used(canned_install, tmp_path):
+    from blender_addon.preferences import engine_settings
+
+    folder = tmp_path / "my engines"
+    assert bpy.ops.splat_restore.install_engine(target=str(folder)) == {"FINISHED"}
+    python = canned_install.engine_python(folder)
+    assert python and engine_settings().python == python
+
+
+def test_the_status_line_names_the_folder_of_the_engine_in_use(canned_install, addon, tmp_path):
+    from blender_addon.engine_setup import engine_status
+
+    folder = tmp_path / "my engines"
+    bpy.ops.splat_restore.install_engine(target=str(folder))
+    assert engine_status(addon) == ["Engine 0.1.0, torch 2.13.0+cpu, CPU only; no CUDA in this torch build",
+                                    f"In {folder}"]
+
+
+def test_an_interactive_install_into_a_chosen_folder_is_the_one_used_when_it_ends(canned_install, tmp_path):
+    from blender_addon.engine_install import Installer, InstallJob
+    from blender_addon.engine_setup import WHEEL_DIR, InstallState, _follow_install
+    from blender_addon.preferences import engine_settings
+
+    folder = tmp_path / "my engines"
+    InstallState.job = InstallJob(Installer(folder, WHEEL_DIR, sys.executable))
+    InstallState.job.run()  # what the install thread does
+    assert _follow_install() is None  # timers never fire in background mode: call it as the timer would
+    assert engine_settings().python == canned_install.engine_python(folder) != ""
+
+
+def test_remove_engine_removes_the_engine_in_use_wherever_it_is(canned_install, addon, tmp_path):
+    from blender_addon.preferences import engine_settings
+
+    folder = tmp_path / "my engines"
+    bpy.ops.splat_restore.install_engine(target=str(folder))
+    python = canned_install.engine_python(folder)
+    assert bpy.ops.splat_restore.remove_engine() == {"FINISHED"}
+    assert not Path(python).exists() and canned_install.engine_python(folder) == ""
+    assert engine_settings().python != python and addon.engine_folder == ""

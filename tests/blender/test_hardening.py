@@ -1,13 +1,15 @@
-"""The add-on in real Blender when things go wrong: settings that would overwrite renders, an empty folder choice,
-a hung engine, and the exit code a render farm sees."""
+"""The add-on in real Blender when things go wrong: settings that would overwrite renders or restores, an empty
+folder choice, a hung engine, the exit code a render farm sees, and temporary files left behind."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import bpy
 import pytest
 from conftest import ROOT
+from scene import pixels
 
 sys.path.insert(0, str(ROOT / "tests"))
 from stand_in_engine import make_stand_in  # noqa: E402
@@ -158,3 +160,102 @@ def test_refresh_lists_the_engine_devices_in_the_menu(addon):
     assert DeviceMenu.listed[0][0] == "cpu"  # this machine has no GPU
     addon.device_menu = "cpu"
     assert addon.device == "cpu"
+
+
+@pytest.fixture
+def two_shots(scene, tmp_path):
+    """Two shots rendered apart, their frames named alike (f_0001.png...), as every Blender shot names them."""
+    shots = []
+    for k, exposure in enumerate([0.0, 1.5]):
+        scene.view_settings.exposure = exposure
+        scene.render.filepath = str(tmp_path / f"shot{k + 1}" / "f_####")
+        bpy.ops.render.render(animation=True)
+        shots.append(tmp_path / f"shot{k + 1}")
+    scene.view_settings.exposure = 0.0
+    return shots
+
+
+def test_restore_folder_keeps_restored_files_already_in_the_output_folder(two_shots, tmp_path):
+    out = tmp_path / "restored"
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(two_shots[0]), output_dir=str(out)) == {"FINISHED"}
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(two_shots[1]), output_dir=str(out)) == {"FINISHED"}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # shot 1's restores are still shot 1's
+    assert "0 of 3 renders restored, 3 skipped" in _state()[1].last_report
+
+
+def test_restore_folder_overwrites_existing_files_when_asked(two_shots, tmp_path):
+    out = tmp_path / "restored"
+    bpy.ops.splat_restore.restore_folder(input_dir=str(two_shots[0]), output_dir=str(out))
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(two_shots[1]), output_dir=str(out),
+                                                existing="overwrite") == {"FINISHED"}
+    second = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(second) == sorted(first) and all(second[name] != first[name] for name in first)
+    assert "3 of 3 renders restored" in _state()[1].last_report
+
+
+@pytest.fixture
+def temp_root(monkeypatch, tmp_path):
+    """Python's temporary folder for this test alone, to see what Restore Render leaves there."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def test_restore_render_leaves_no_temporary_files(scene, temp_root):
+    bpy.ops.render.render()
+    assert bpy.ops.splat_restore.restore_render() == {"FINISHED"}
+    assert list(temp_root.iterdir()) == []
+    assert pixels(bpy.data.images["Restored Render"]).shape == (32, 32, 4)  # packed: shown without its file
+
+
+def test_a_failed_restore_render_leaves_no_temporary_files(scene, stand_in, temp_root):
+    stand_in("fail")
+    bpy.ops.render.render()
+    with pytest.raises(RuntimeError, match="stand-in failure"):
+        bpy.ops.splat_restore.restore_render()
+    assert list(temp_root.iterdir()) == []
+
+
+# answers a restore only once it is cancelled, as the engine does for a request cancelled while queued
+CANCELLED_ENGINE = """import json, sys
+def send(message):
+    print(json.dumps(message), flush=True)
+send({"event": "ready", "ok": True, "version": "stand-in", "protocol": 1, "device": "cpu"})
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("op") == "cancel":
+        send({"id": msg["target"], "ok": False, "error": {"code": "cancelled", "message": "cancelled"}})
+    if msg.get("op") in ("cancel", "shutdown"):
+        send({"id": msg["id"], "ok": True, "result": {}})
+    if msg.get("op") == "shutdown":
+        break
+"""
+
+
+def test_a_cancelled_restore_render_leaves_no_temporary_files(scene, addon, stand_in, temp_root, tmp_path,
+                                                             monkeypatch):
+    from blender_addon import operators
+
+    stand_in("copy")  # its limits; the engine itself is the cancelling one below
+    engine = tmp_path / "bin" / "cancelled_engine"
+    engine.write_text(f"#!{sys.executable}\n{CANCELLED_ENGINE}")
+    engine.chmod(0o755)
+    addon.engine_python = str(engine)
+    real_run = operators.EngineJob.run
+
+    def run_pressing_esc(job):  # background mode has no modal loop: press Esc as it would, once the request is out
+        make_request = job.make_request
+
+        def sent_then_cancelled(client):
+            job.request = make_request(client)
+            job.cancel()
+            return job.request
+        job.make_request = sent_then_cancelled
+        real_run(job)
+    monkeypatch.setattr(operators.EngineJob, "run", run_pressing_esc)
+    bpy.ops.render.render()
+    assert bpy.ops.splat_restore.restore_render() == {"CANCELLED"}
+    assert list(temp_root.iterdir()) == []
