@@ -3,6 +3,7 @@
     python build.py setup     # .venv (engine + tests) and .venv-blender (bpy, for the add-on tests)
     python build.py test      # setup, then the whole test suite
     python build.py addon     # dist/splat_restore-<version>.zip, installable in Blender 4.2+
+    python build.py mutants   # the planted bugs of tests/mutants.py, each caught by the tests (minutes)
 """
 from __future__ import annotations
 
@@ -68,16 +69,28 @@ def setup(blender: bool = True) -> None:
         _install(BLENDER_VENV, "bpy", [BPY, "numpy", "pytest"])
 
 
+def test_environment() -> dict:
+    """Where the tests find each Python: the engine's, and Blender's (bpy) for the add-on's tests."""
+    return dict(os.environ, SPLAT_RESTORE_ENGINE_PYTHON=str(venv_python(ENGINE_VENV)),
+                SPLAT_RESTORE_BLENDER_PYTHON=str(venv_python(BLENDER_VENV)))
+
+
 def test(pytest_args: list[str]) -> int:
     setup()
-    env = dict(os.environ, SPLAT_RESTORE_ENGINE_PYTHON=str(venv_python(ENGINE_VENV)),
-               SPLAT_RESTORE_BLENDER_PYTHON=str(venv_python(BLENDER_VENV)))
+    env = test_environment()
     engine = subprocess.run([str(venv_python(ENGINE_VENV)), "-m", "pytest", "tests", *pytest_args],
                             cwd=ROOT, env=env).returncode
     # the add-on's tests run inside real Blender (bpy), which lives in its own venv, as it would for artists
     blender = subprocess.run([str(venv_python(BLENDER_VENV)), "-m", "pytest", "tests/blender", *pytest_args],
                              cwd=ROOT, env=env).returncode
     return engine or blender
+
+
+def mutants(args: list[str]) -> int:
+    """Plant each bug of tests/mutants.py in a scratch copy of the tree and run the tests that must catch it."""
+    setup()
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "mutants.py"), *args], cwd=ROOT,
+                          env=test_environment()).returncode
 
 
 MANIFEST_REQUIRED = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
@@ -156,6 +169,7 @@ def main() -> int:
     p.add_argument("--no-blender", action="store_true", help="skip .venv-blender (bpy is only for tests)")
     sub.add_parser("test", help="extra arguments go to pytest")
     sub.add_parser("addon", help="build the Blender extension zip into dist/")
+    sub.add_parser("mutants", help="check that the tests catch each planted bug (minutes; -k TEXT picks some)")
     a, extra = ap.parse_known_args()
     if a.cmd == "setup":
         if extra:
@@ -165,6 +179,8 @@ def main() -> int:
     if a.cmd == "addon":
         build_addon()
         return 0
+    if a.cmd == "mutants":
+        return mutants(extra)
     return test(extra)
 
 
