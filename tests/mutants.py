@@ -2,7 +2,7 @@
 
 Each mutant is a small textual change that brings back a bug this project once had (or a reviewer showed the suite
 let through). The runner plants each one in a scratch copy of the tree, runs only the tests named for it, and calls
-it killed when at least one of them fails. A survivor means a test that a wrong implementation passes: fix the test.
+it killed when at least one of them fails (they must all pass on the unchanged tree first). A survivor means a test that a wrong implementation passes: fix the test.
 A mutant whose original text is gone is "stale": the code moved, so the mutant must move with it.
 
 Stdlib only. Not part of `build.py test` (it takes minutes); run it after changing a test or the code a mutant names.
@@ -372,12 +372,16 @@ def run_tests(tree: Path, tests: tuple[str, ...], pythons: dict[str, str]) -> li
     return codes
 
 
+def copy_tree(files: list[str], tree: Path) -> None:
+    for f in files:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, tree / f)
+
+
 def judge(m: Mutant, files: list[str], pythons: dict[str, str]) -> str:
     with tempfile.TemporaryDirectory(prefix="splat-restore-mutant-") as scratch:
         tree = Path(scratch)
-        for f in files:
-            (tree / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, tree / f)
+        copy_tree(files, tree)
         if not plant(tree, m):
             return "stale"
         codes = run_tests(tree, m.tests, pythons)
@@ -394,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
                "blender": os.environ.get("SPLAT_RESTORE_BLENDER_PYTHON", sys.executable)}
     files = tree_files(ROOT)
     chosen = [m for m in MUTANTS if a.only in m.bug or a.only in m.file]
+    # a kill only counts if the same tests pass on the tree as it is: a broken test or setup would "kill" everything
+    with tempfile.TemporaryDirectory(prefix="splat-restore-mutant-") as scratch:
+        copy_tree(files, Path(scratch))
+        codes = run_tests(Path(scratch), tuple(dict.fromkeys(t for m in chosen for t in m.tests)), pythons)
+    if any(codes):
+        print(f"the mutants' tests fail on the unchanged tree (pytest exit {codes}): fix them first")
+        return 2
     width = max((len(m.bug) for m in chosen), default=10)
     print(f"{'bug':<{width}}  {'result':<8}  seconds", flush=True)
     bad = 0
