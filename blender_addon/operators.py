@@ -16,10 +16,14 @@ RESTORED_IMAGE = "Restored Render"
 
 
 class EngineJob:
-    """Start the engine if needed and run one request, in a thread (interactive) or inline (background)."""
+    """Start the engine if needed and run one restore of `items` (as client.restore takes them) with `options`, in
+    a thread (interactive) or inline (background). A crashed engine is restarted once and sent only the frames it
+    had not reported decided: a frame it wrote is not restored again (with Overwrite that is its whole restore time
+    again; with Skip it would come back "skipped: already restored")."""
 
-    def __init__(self, settings, make_request):
-        self.settings, self.make_request = settings, make_request
+    def __init__(self, settings, items: list, options: dict):
+        self.settings, self.items, self.options = settings, items, options
+        self.decided: list[dict] = []  # the outcomes an engine reported before it died
         self.request = None
         self.result = None
         self.error = None
@@ -27,16 +31,51 @@ class EngineJob:
 
     def run(self):
         for attempt in range(2):  # a crashed engine is restarted once
+            request = None
             try:
+                if self.decided and not self.undecided():  # it died after the last frame, before its answer
+                    self.result, self.error = self.answer({}), None
+                    return
                 client = MANAGER.client_for(self.settings)
-                self.request = self.make_request(client)
-                self.result, self.error = client.wait(self.request), None
+                request = self.request = self.send(client)
+                self.result, self.error = self.answer(client.wait(request)), None
                 return
             except EngineDied as e:
                 self.error = e
+                self.decided += request.decided if request is not None else []
             except (EngineError, OSError, ValueError) as e:
                 self.error = e
                 return
+
+    def undecided(self) -> list:
+        told = {str(Path(item["output"])) for item in self.decided if isinstance(item.get("output"), str)}
+        return [i for i in self.items if str(Path(i["output"] if isinstance(i, dict) else i[1])) not in told]
+
+    def send(self, client):
+        return client.restore(self.undecided(), **self.options)
+
+    def answer(self, result: dict) -> dict:
+        """The engine's answer together with what an engine that died had reported: one run's answer."""
+        if not self.decided:
+            return result
+        items = self.decided + result.get("items", [])
+        merged = {**result, "items": items, **{s: sum(i.get("status") == s for i in items)
+                                               for s in ("restored", "skipped", "failed")}}
+        failed = [i for i in items if i.get("status") == "failed"]
+        if failed:  # as the engine answers a request with failed frames
+            reason = failed[0].get("reason", "failed")
+            raise EngineError(reason if len(items) == 1 else
+                              f"{len(failed)} of {len(items)} frames failed; first: {reason}",
+                              failed[0].get("code", "engine_error"), merged)
+        return merged
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """Frames decided and frames in all, counting those a crashed engine reported."""
+        request = self.request
+        if request is None or not request.total:
+            return 0, 0
+        return len(self.decided) + request.done_count, len(self.decided) + request.total
 
     def start(self):
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -55,7 +94,7 @@ class EngineJob:
 
 
 class _ModalEngineOperator:
-    """Shared modal loop: subclasses implement prepare() -> make_request, and finish(context, result); cleanup()
+    """Shared modal loop: subclasses implement prepare() -> (items, options), and finish(context, result); cleanup()
     runs once the run is over, however it ended (restored, failed, cancelled, or refused while preparing)."""
     _timer = None
     _job = None
@@ -64,20 +103,20 @@ class _ModalEngineOperator:
         pass
 
     def execute(self, context):
-        make_request = self._prepare_or_report(context)
-        if make_request is None:
+        restore = self._prepare_or_report(context)
+        if restore is None:
             return {"CANCELLED"}
-        job = EngineJob(engine_settings(context), make_request)
+        job = EngineJob(engine_settings(context), *restore)
         job.run()
         return self._conclude(context, job)
 
     def invoke(self, context, event):
         if bpy.app.background:
             return self.execute(context)
-        make_request = self._prepare_or_report(context)
-        if make_request is None:
+        restore = self._prepare_or_report(context)
+        if restore is None:
             return {"CANCELLED"}
-        self._job = EngineJob(engine_settings(context), make_request)
+        self._job = EngineJob(engine_settings(context), *restore)
         self._job.start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
@@ -91,10 +130,10 @@ class _ModalEngineOperator:
             job.cancel()
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        request = job.request
-        if request is not None and request.total:
-            context.window_manager.progress_update(int(100 * request.done_count / request.total))
-            context.workspace.status_text_set(f"Splat Restore: {request.done_count}/{request.total} (Esc cancels)")
+        done, total = job.progress
+        if total:
+            context.window_manager.progress_update(int(100 * done / total))
+            context.workspace.status_text_set(f"Splat Restore: {done}/{total} (Esc cancels)")
         if not job.done:
             return {"RUNNING_MODAL"}
         context.window_manager.event_timer_remove(self._timer)
@@ -151,7 +190,7 @@ class SPLATRESTORE_OT_restore_render(_ModalEngineOperator, bpy.types.Operator):
         self._src, self._dst = self._folder / "render.png", self._folder / "restored.png"
         save_render_png(context.scene, self._src)
         faces = context.scene.splat_restore.faces
-        return lambda client: client.restore([(self._src, self._dst)], overwrite=True, faces=faces)
+        return [(self._src, self._dst)], {"overwrite": True, "faces": faces}
 
     def finish(self, context, result):
         item = (result.get("items") or [{}])[0]
@@ -239,7 +278,7 @@ class SPLATRESTORE_OT_restore_folder(_ModalEngineOperator, bpy.types.Operator):
         if context.scene.splat_restore.temporal:
             items = sequence_items(items)
         overwrite = self.existing == "overwrite"
-        return lambda client: client.restore(items, overwrite=overwrite, skip_existing=not overwrite, faces=faces)
+        return items, {"overwrite": overwrite, "skip_existing": not overwrite, "faces": faces}
 
     def finish(self, context, result):
         items = result.get("items", [])

@@ -26,23 +26,28 @@ def _send(message: dict) -> None:
     sys.stdout.flush()
 
 
-def _restore_visibly(request_id, items: list) -> None:
+def _restore_visibly(request_id, items: list, skip_existing: bool = False) -> None:
     """Each output is its input with " restored" added, so that a frame restored twice shows it; progress tells of
-    each frame as the engine's does."""
+    each frame as the engine's does. With skip_existing, an output already there is left alone and "skipped"."""
+    outcomes = []
     for done, item in enumerate(items, 1):
-        Path(item["output"]).write_bytes(Path(item["input"]).read_bytes() + b" restored")
-        _send({"id": request_id, "event": "progress", "done": done, "total": len(items),
-               "item": {**item, "status": "restored"}})
-    _send({"id": request_id, "ok": True, "result": {"items": [{**i, "status": "restored"} for i in items],
-                                                    "restored": len(items), "failed": 0}})
+        if skip_existing and Path(item["output"]).exists():
+            outcomes.append({**item, "status": "skipped"})
+        else:
+            Path(item["output"]).write_bytes(Path(item["input"]).read_bytes() + b" restored")
+            outcomes.append({**item, "status": "restored"})
+        _send({"id": request_id, "event": "progress", "done": done, "total": len(items), "item": outcomes[-1]})
+    _send({"id": request_id, "ok": True, "result": {
+        "items": outcomes, **{s: sum(o["status"] == s for o in outcomes) for s in ("restored", "skipped", "failed")}}})
 
 
 def _die_mid_batch(arg: str) -> None:
     """dies-mid-batch:W/B gathers B frames, whichever requests they come in, writes and reports the first W, then
     dies before any final answer, as the engine does when it crashes inside a batch. Only the first start dies (a
-    file beside the script remembers it): the restarted one restores what it is sent."""
+    file beside the script remembers it): the restarted one restores what it is sent, and lists the inputs it was
+    sent in another file beside the script (.resent), one a line."""
     written, size = (int(n) for n in arg.split("/"))
-    died = Path(sys.argv[0]).with_suffix(".died")
+    died, resent = Path(sys.argv[0]).with_suffix(".died"), Path(sys.argv[0]).with_suffix(".resent")
     batch = []  # (request id, item, the request's number of items)
     for line in sys.stdin:
         msg = json.loads(line)
@@ -52,7 +57,9 @@ def _die_mid_batch(arg: str) -> None:
         if msg.get("op") != "restore":
             continue
         if died.exists():
-            _restore_visibly(msg["id"], msg["items"])
+            with open(resent, "a", encoding="utf-8") as log:
+                log.writelines(f"{item['input']}\n" for item in msg["items"])
+            _restore_visibly(msg["id"], msg["items"], msg.get("skip_existing", False))
             continue
         batch += [(msg["id"], item, len(msg["items"])) for item in msg["items"]]
         if len(batch) >= size:

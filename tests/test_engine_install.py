@@ -153,6 +153,62 @@ def test_a_failed_install_keeps_the_previous_engine_and_shows_pips_error(tmp_pat
     assert "No space left on device" in (home / "install.log").read_text()
 
 
+REAL_PROBE = engine_install.PROBE
+
+
+def _pip_leaves_in_the_new_venv(monkeypatch, files: dict) -> None:
+    """pip's steps succeed and leave `files` (path in site-packages -> text) in the new venv."""
+    code = ("import pathlib, sysconfig\n"
+            f"for name, text in {files!r}.items():\n"
+            "    path = pathlib.Path(sysconfig.get_paths()['purelib']) / name\n"
+            "    path.parent.mkdir(parents=True, exist_ok=True); path.write_text(text)\n"
+            "print('Successfully installed torch splat-restore')")
+    monkeypatch.setattr(engine_install, "install_steps", lambda *a, **kw: [Step("Installing PyTorch", ("-c", code))])
+
+
+def _live_engine(home) -> dict:
+    """What the engine in use is: its pointer, its record, the venvs present, its interpreter."""
+    venv = engine_install.live_venv(home)
+    return {"current": (home / "current").read_text(), "installed": (venv / engine_install.INSTALLED).read_bytes(),
+            "envs": sorted(p.name for p in (home / "envs").iterdir()), "python": engine_install.engine_python(home)}
+
+
+def _a_live_engine_and_a_newer_wheel(home, wheel_dir) -> dict:
+    """An installed engine, and the add-on updated since (a new wheel); the live engine, to compare after."""
+    installer(home, wheel_dir).install()
+    (wheel_dir / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel v2")
+    return _live_engine(home)
+
+
+def test_a_new_engine_whose_import_fails_its_probe_is_not_switched_to(tmp_path, wheel_dir, fake_pip, monkeypatch):
+    home = tmp_path / "home"
+    before = _a_live_engine_and_a_newer_wheel(home, wheel_dir)
+    _pip_leaves_in_the_new_venv(monkeypatch, {
+        "torch.py": "__version__ = '2.13.0'\n",
+        "engine/__init__.py": "raise ImportError('libcudart.so.12: cannot open shared object file')\n"})
+    monkeypatch.setattr(engine_install, "PROBE", REAL_PROBE)  # the add-on's own probe, run by the new venv
+    swapped = []
+    with pytest.raises(InstallFailed) as e:
+        installer(home, wheel_dir).install(before_swap=lambda: swapped.append(1))
+    assert "Checking the engine failed (exit code 1); the previous engine is unchanged" in str(e.value)
+    assert "ImportError: libcudart.so.12: cannot open shared object file" in e.value.tail
+    assert _live_engine(home) == before and Path(before["python"]).is_file()
+    assert not swapped  # the engine running from the old venv was not even stopped
+
+
+def test_a_new_engine_whose_probe_prints_no_description_is_not_switched_to(tmp_path, wheel_dir, fake_pip,
+                                                                          monkeypatch):
+    home = tmp_path / "home"
+    before = _a_live_engine_and_a_newer_wheel(home, wheel_dir)
+    monkeypatch.setattr(engine_install, "PROBE", "print('Illegal instruction (core dumped)')")  # and exits 0
+    swapped = []
+    with pytest.raises(InstallFailed) as e:
+        installer(home, wheel_dir).install(before_swap=lambda: swapped.append(1))
+    assert "the new engine did not describe itself; the previous engine is unchanged" in str(e.value)
+    assert "Illegal instruction" in e.value.tail
+    assert _live_engine(home) == before and not swapped
+
+
 def test_a_full_disk_at_the_switch_keeps_the_previous_engine(tmp_path, wheel_dir, fake_pip, monkeypatch):
     home = tmp_path / "home"
     installer(home, wheel_dir).install()

@@ -1,4 +1,5 @@
 """The add-on in real Blender: each use case end to end against the real engine (tiny model, CPU)."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,13 +53,33 @@ def test_every_animation_frame_is_restored_to_a_sibling_folder(scene, tiny_weigh
     assert "3 restored, 0 failed" in _state()[1].last_report
 
 
-def test_in_place_replaces_the_written_frames(scene, tiny_weights, tmp_path):
+def _keeping_the_renders(copies: Path):
+    """A render_write handler that, put before the add-on's, copies each frame as Blender wrote it."""
+    copies.mkdir(parents=True, exist_ok=True)
+
+    def keep(scene_, *_):
+        shutil.copy2(scene_.render.frame_path(frame=scene_.frame_current), copies)
+    return keep
+
+
+def test_in_place_replaces_each_frame_with_its_restore(scene, tiny_weights, tmp_path):
     scene.splat_restore.auto_restore = True
     scene.splat_restore.in_place = True
-    scene.render.filepath = str(tmp_path / "f_####")
-    bpy.ops.render.render(animation=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f_0001.png", "f_0002.png", "f_0003.png"]
-    assert "3 restored" in _state()[1].last_report
+    shot, renders = tmp_path / "shot", tmp_path / "renders"
+    scene.render.filepath = str(shot / "f_####")
+    keep = _keeping_the_renders(renders)
+    bpy.app.handlers.render_write.insert(0, keep)
+    try:
+        bpy.ops.render.render(animation=True)
+    finally:
+        bpy.app.handlers.render_write.remove(keep)
+    names = ["f_0001.png", "f_0002.png", "f_0003.png"]
+    assert sorted(p.name for p in shot.iterdir()) == names and "3 restored" in _state()[1].last_report
+    expected = _engine_outputs(renders, tmp_path / "expected", tiny_weights, "--temporal")  # as the add-on sends them
+    for name in names:
+        replaced = pixels(shot / name)
+        assert np.array_equal(replaced, pixels(expected / name)), name
+        assert not np.array_equal(replaced, pixels(renders / name)), name
 
 
 def test_still_render_with_write_is_restored(scene, tmp_path):
@@ -139,6 +160,22 @@ def test_animation_renders_are_fused_by_default_as_restore_temporal_fuses_them(s
     for name in names:
         assert np.array_equal(pixels(tmp_path / "restored" / name), pixels(fused / name))
     assert not np.array_equal(pixels(tmp_path / "restored" / names[2]), pixels(per_frame / names[2]))
+
+
+def test_the_frame_after_one_that_cannot_be_found_is_restored_alone(scene, tiny_weights, tmp_path):
+    def lose_frame_2(scene_, *_):  # before the add-on's handler looks for it
+        if scene_.frame_current == 2:
+            Path(scene_.render.frame_path(frame=2)).unlink()
+    scene.splat_restore.auto_restore = True
+    bpy.app.handlers.render_write.insert(0, lose_frame_2)
+    try:
+        names = _render_slow_animation(scene, tmp_path / "frame_####")
+    finally:
+        bpy.app.handlers.render_write.remove(lose_frame_2)
+    assert "2 restored, 1 failed" in _state()[1].last_report
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == [names[0], names[2]]
+    per_frame = _engine_outputs(tmp_path, tmp_path / "per_frame", tiny_weights)  # frames 1 and 3, each alone
+    assert np.array_equal(pixels(tmp_path / "restored" / names[2]), pixels(per_frame / names[2]))  # not fused with 1
 
 
 def test_restore_folder_fuses_the_frames_with_temporal_smoothing(scene, tiny_weights, tmp_path):

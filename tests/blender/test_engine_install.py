@@ -14,6 +14,8 @@ import pytest
 from conftest import ROOT, engine_restore
 from scene import pixels
 
+from blender_addon.engine_install import PROBE as REAL_PROBE  # before a fixture cans it
+
 TORCH_PIN = "torch==2.13.0"
 
 
@@ -184,3 +186,20 @@ def test_remove_engine_removes_the_engine_in_use_wherever_it_is(canned_install, 
     assert bpy.ops.splat_restore.remove_engine() == {"FINISHED"}
     assert not Path(python).exists() and canned_install.engine_python(folder) == ""
     assert engine_settings().python != python and addon.engine_folder == ""
+
+
+def test_an_install_whose_new_engine_fails_its_probe_leaves_the_engine_in_use(canned_install, addon, tmp_path,
+                                                                              monkeypatch):
+    from blender_addon.engine_setup import InstallState
+    from blender_addon.preferences import engine_settings
+
+    working, broken = tmp_path / "my engines", tmp_path / "new engines"
+    bpy.ops.splat_restore.install_engine(target=str(working))
+    in_use = engine_settings().python
+    assert in_use == canned_install.engine_python(working)
+    monkeypatch.setattr(canned_install, "PROBE", REAL_PROBE)  # run by the new venv, which pip left without torch
+    with pytest.raises(RuntimeError, match="Checking the engine failed .*the previous engine is unchanged"):
+        bpy.ops.splat_restore.install_engine(target=str(broken))
+    assert "No module named 'torch'" in InstallState.error  # why, shown in the preferences
+    assert engine_settings().python == in_use and addon.engine_folder == str(working)
+    assert canned_install.engine_python(broken) == "" and list((broken / "envs").iterdir()) == []

@@ -28,9 +28,11 @@ def stand_in(addon, tmp_path):
     saved = addon.engine_python, addon.startup_timeout, addon.stall_timeout
     _state()[0].stop()
 
-    def use(behaviour):
-        addon.engine_python = str(make_stand_in(tmp_path / "bin", behaviour))
+    def use(behaviour) -> Path:
+        script = make_stand_in(tmp_path / "bin", behaviour)
+        addon.engine_python = str(script)
         addon.startup_timeout = addon.stall_timeout = 1.0
+        return script
     yield use
     _state()[0].stop()
     addon.engine_python, addon.startup_timeout, addon.stall_timeout = saved
@@ -196,6 +198,33 @@ def test_restore_folder_overwrites_existing_files_when_asked(two_shots, tmp_path
 
 
 @pytest.fixture
+def saved_renders(scene, tmp_path):
+    """Three saved renders, and what Blender wrote in each."""
+    scene.render.filepath = str(tmp_path / "saved" / "r_####")
+    bpy.ops.render.render(animation=True)
+    return {p: p.read_bytes() for p in sorted((tmp_path / "saved").iterdir())}
+
+
+def test_restore_folder_sends_a_restarted_engine_only_the_renders_not_yet_restored(saved_renders, stand_in, tmp_path):
+    engine = stand_in("dies-mid-batch:1/3")  # restores and reports r_0001, then dies; restarted, it restores the rest
+    out = tmp_path / "fixed"
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path / "saved"), output_dir=str(out),
+                                                existing="overwrite") == {"FINISHED"}
+    first, *rest = saved_renders
+    assert engine.with_suffix(".resent").read_text().splitlines() == [str(p) for p in rest]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: b + b" restored"
+                                                              for p, b in saved_renders.items()}  # each once
+    assert "3 of 3 renders restored" in _state()[1].last_report
+
+
+def test_renders_restored_before_an_engine_crash_are_reported_restored_not_skipped(saved_renders, stand_in, tmp_path):
+    stand_in("dies-mid-batch:1/3")
+    assert bpy.ops.splat_restore.restore_folder(input_dir=str(tmp_path / "saved"),
+                                                output_dir=str(tmp_path / "fixed")) == {"FINISHED"}  # Skip
+    assert _state()[1].last_report == "Splat Restore: 3 of 3 renders restored"
+
+
+@pytest.fixture
 def temp_root(monkeypatch, tmp_path):
     """Python's temporary folder for this test alone, to see what Restore Render leaves there."""
     root = tmp_path / "tmp"
@@ -247,13 +276,13 @@ def test_a_cancelled_restore_render_leaves_no_temporary_files(scene, addon, stan
     real_run = operators.EngineJob.run
 
     def run_pressing_esc(job):  # background mode has no modal loop: press Esc as it would, once the request is out
-        make_request = job.make_request
+        send = job.send
 
         def sent_then_cancelled(client):
-            job.request = make_request(client)
+            job.request = send(client)
             job.cancel()
             return job.request
-        job.make_request = sent_then_cancelled
+        job.send = sent_then_cancelled
         real_run(job)
     monkeypatch.setattr(operators.EngineJob, "run", run_pressing_esc)
     bpy.ops.render.render()
