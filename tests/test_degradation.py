@@ -1,5 +1,6 @@
 """Synthetic training pairs on real bundled faces: regions where they belong, damage where avatars fail, repeatable."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -207,3 +208,82 @@ def test_images_with_the_same_stem_are_refused_naming_both(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a.jpg" in err and "a.png" in err
     assert not (tmp_path / "o" / "clean").exists()
+
+
+def _sources(folder: Path, names) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(names))
+    for name in names:
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (72, 72, 3), np.uint8))
+    return folder
+
+
+def _degrade(clean: Path, out: Path, *extra) -> int:
+    return main(["degrade", str(clean), "-o", str(out), "--parser", "none", "--size", "64", *extra])
+
+
+def _listing(pairs: Path) -> dict:
+    """What a pairs folder holds: each subfolder's files and the names its manifest lists."""
+    listing = {sub: sorted(p.name for p in (pairs / sub).iterdir()) for sub in ("clean", "degraded", "mask")}
+    listing["manifest"] = sorted(json.loads(line)["file"] for line in (pairs / "manifest.jsonl").open())
+    return listing
+
+
+def test_a_second_degrade_into_a_folder_holding_pairs_is_refused_naming_it_and_overwrite(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png", "b.png"]), out) == 0
+    before = _listing(out)
+    assert _degrade(_sources(tmp_path / "second", ["c.png"]), out) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "already holds 2 pairs" in err and "--overwrite" in err
+    assert _listing(out) == before
+
+
+def test_overwrite_replaces_the_pairs_whole(tmp_path):
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png", "b.png"]), out) == 0
+    assert _degrade(_sources(tmp_path / "second", ["c.png"]), out, "--overwrite") == 0
+    assert _listing(out) == {"clean": ["c.png"], "degraded": ["c.png"], "mask": ["c.png"], "manifest": ["c.png"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "pairs", "second"]  # nothing left beside it
+
+
+def test_overwrite_never_deletes_files_degrade_did_not_write(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png"]), out) == 0
+    (out / "notes.txt").write_text("mine")
+    cv2.imwrite(str(out / "clean" / "extra.png"), np.zeros((64, 64, 3), np.uint8))
+    assert _degrade(_sources(tmp_path / "second", ["c.png"]), out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "clean/extra.png" in err and str(out) in err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert _listing(out)["clean"] == ["a.png", "extra.png"] and _listing(out)["manifest"] == ["a.png"]
+
+
+def test_an_interrupted_overwrite_leaves_the_old_pairs_whole(tmp_path, monkeypatch):
+    import training.prepare as prepare_module
+
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png", "b.png"]), out) == 0
+    before = _listing(out)
+    real, calls = prepare_module.degrade, []
+
+    def ctrl_c_at_the_second_image(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(prepare_module, "degrade", ctrl_c_at_the_second_image)
+    assert _degrade(_sources(tmp_path / "second", ["c.png", "d.png"]), out, "--overwrite") == 130
+    assert len(calls) == 2 and _listing(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "pairs", "second"]
+
+
+def test_check_pairs_names_the_files_its_manifest_does_not_list(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png"]), out) == 0
+    for sub in ("clean", "degraded"):
+        cv2.imwrite(str(out / sub / "old.png"), np.zeros((64, 64, 3), np.uint8))
+    assert main(["check-pairs", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "1 complete pairs" in report and "not listed in manifest.jsonl, ignored: clean/old.png, degraded/old.png" \
+        in report

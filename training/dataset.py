@@ -1,15 +1,15 @@
 """Training pairs as tensors: (degraded, clean) in [-1, 1] and the damage mask in [0, 1], all three with the same
 random crop and flip.
 
-A pairs folder is either the output of `python -m training degrade` (its manifest gives each pair's split) or real
-paired renders (`degraded/`, `clean/`; every pair is "train" unless a manifest says otherwise). Which pairs a step
-sees is a pure function of (seed, step, process), so resuming a run replays the same data exactly; `batches` hands
-them to a DataLoader whose workers decode while the GPU trains, indexed by micro-batch so that resuming at step N
-starts the loader at N.
+A pairs folder is either the output of `python -m training degrade` (its manifest lists the pairs and gives each one's
+split; image files it does not list are ignored, with a warning naming them) or real paired renders (`degraded/`,
+`clean/`, no manifest; every pair is "train"). Which pairs a step sees is a pure function of (seed, step, process),
+so resuming a run replays the same data exactly; `batches` hands them to a DataLoader whose workers decode while the
+GPU trains, indexed by micro-batch so that resuming at step N starts the loader at N.
 """
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -18,10 +18,14 @@ import torch
 
 from engine.images import read_image
 
-from .pairs import validate_pairs
+from .pairs import MANIFEST, manifest_splits, validate_pairs
 
 
 class PairError(ValueError):
+    pass
+
+
+class UnlistedPairsWarning(UserWarning):
     pass
 
 
@@ -31,13 +35,11 @@ class PairDataset:
         report = validate_pairs(folder)
         if not report.ok:
             raise PairError(f"pair folder {folder} is not usable:\n{report.describe()}")
-        splits = {}
-        manifest = folder / "manifest.jsonl"
-        if manifest.is_file():
-            for line in manifest.read_text(encoding="utf-8").splitlines():
-                r = json.loads(line)
-                if "file" in r:
-                    splits[Path(r["file"]).with_suffix("").as_posix()] = r["split"]
+        if report.unlisted:  # e.g. pairs of an earlier degrade into the same folder: never trained on, but said
+            warnings.warn(f"pair folder {folder}: ignoring {len(report.unlisted)} files its {MANIFEST} does not list: "
+                          f"{', '.join(report.unlisted[:10])}" + (" ..." if len(report.unlisted) > 10 else ""),
+                          UnlistedPairsWarning, stacklevel=2)
+        splits = manifest_splits(folder) or {}
         rel = [(d, c, d.relative_to(folder / "degraded").with_suffix("").as_posix()) for d, c in report.pairs]
         self.pairs = [(d, c) for d, c, name in rel if split == "all" or splits.get(name, "train") == split]
         if not self.pairs:

@@ -14,11 +14,12 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from engine.atomic import atomic_path, write_bytes_atomic
 
+from .run_record import check_resume
 from .train import TrainConfig
 
 
@@ -38,7 +39,8 @@ def degrade_with_progress(clean_dir: Path, out: Path, options, test_count: int, 
             if record["status"] == "failed" or (record["status"] == "no_face" and "file" not in record):
                 bar.write(f"skipped {record['source']}: {record['reason']}", file=sys.stderr)
             bar.update(1)
-        return prepare(clean_dir, out, options, test_count, workers, progress)
+        # the run owns its pairs folder: without summary.json it holds an earlier degrade's unfinished output
+        return prepare(clean_dir, out, options, test_count, workers, progress, overwrite=True)
 
 
 class FitRun:
@@ -87,6 +89,9 @@ def fit(clean_dir: Path, cfg: TrainConfig, test_count: int | None = None, parser
         raise ValueError(f"no usable image in {clean_dir}: {json.dumps(run.record.get('skipped', {}))}")
 
     if run.record.get("trained_steps", -1) >= cfg.steps:
+        # the trainer checks a resume in full; a finished run is checked here on its plain settings (the base
+        # is fingerprinted when its weights are loaded to evaluate)
+        check_resume(run.out / "config.json", asdict(cfg), log)
         log(f"train: done ({run.record['trained_steps']} steps)")
     else:
         start = time.perf_counter()

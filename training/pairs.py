@@ -1,10 +1,16 @@
-"""Paired renders from a real avatar pipeline: `<dir>/degraded/NAME` and `<dir>/clean/NAME`, same names and sizes."""
+"""A pairs folder: `<dir>/degraded/NAME` and `<dir>/clean/NAME`, same names and sizes, and with `mask/NAME` and
+`manifest.jsonl` when `training degrade` wrote it. With a manifest, the pairs are the ones it lists: files it does not
+list (left by an earlier run, or copied in) are named and never trained on."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.images import is_image_path
+
+MANIFEST = "manifest.jsonl"
+PAIR_FOLDERS = ("clean", "degraded", "mask")
 
 
 @dataclass
@@ -14,16 +20,20 @@ class PairReport:
     missing_degraded: list = field(default_factory=list)
     size_mismatch: list = field(default_factory=list)  # (name, degraded size, clean size)
     unreadable: list = field(default_factory=list)  # (path, reason)
+    absent: list = field(default_factory=list)  # listed in the manifest, in neither degraded/ nor clean/
+    unlisted: list = field(default_factory=list)  # image files (relative paths) the manifest does not list: ignored
 
     @property
     def ok(self) -> bool:
         return bool(self.pairs) and not (self.missing_clean or self.missing_degraded or self.size_mismatch
-                                         or self.unreadable)
+                                         or self.unreadable or self.absent)
 
     def describe(self) -> str:
         lines = [f"{len(self.pairs)} complete pairs"]
         for title, items in (("degraded without a clean partner", self.missing_clean),
-                             ("clean without a degraded partner", self.missing_degraded)):
+                             ("clean without a degraded partner", self.missing_degraded),
+                             (f"listed in {MANIFEST} but in neither degraded/ nor clean/", self.absent),
+                             (f"files not listed in {MANIFEST}, ignored", self.unlisted)):
             if items:
                 lines.append(f"{len(items)} {title}: {', '.join(items[:10])}" + (" ..." if len(items) > 10 else ""))
         for name, a, b in self.size_mismatch[:10]:
@@ -34,12 +44,43 @@ class PairReport:
 
 
 def _images(folder: Path) -> dict:
+    if not folder.is_dir():
+        return {}
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in sorted(folder.rglob("*"))
             if p.is_file() and is_image_path(p) and not p.name.startswith(".")}
 
 
+def read_manifest(folder: Path) -> list[dict] | None:
+    """The records `training degrade` wrote, or None for a folder without a manifest (real paired renders)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            record = e.msg
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number} is not a manifest record ({record}); write the pairs again "
+                             f"with `training degrade --overwrite`")
+        records.append(record)
+    return records
+
+
+def manifest_splits(folder: Path) -> dict | None:
+    """{pair name without extension: split} of the pairs the manifest lists, or None without a manifest."""
+    records = read_manifest(folder)
+    if records is None:
+        return None
+    return {Path(r["file"]).with_suffix("").as_posix(): r.get("split", "train") for r in records if "file" in r}
+
+
 def validate_pairs(folder: str | Path) -> PairReport:
-    """Match degraded/ and clean/ by name (extension ignored) and check that partners have the same size."""
+    """Match degraded/ and clean/ by name (extension ignored), keep the pairs the manifest lists (all of them without
+    one), and check that partners have the same size."""
     from PIL import Image
 
     folder = Path(folder)
@@ -47,9 +88,17 @@ def validate_pairs(folder: str | Path) -> PairReport:
         if not (folder / sub).is_dir():
             raise ValueError(f"pair folder {folder} has no {sub}/ subfolder (expected {folder}/degraded/NAME and "
                              f"{folder}/clean/NAME)")
-    degraded, clean = _images(folder / "degraded"), _images(folder / "clean")
-    report = PairReport(missing_clean=sorted(set(degraded) - set(clean)),
-                        missing_degraded=sorted(set(clean) - set(degraded)))
+    found = {sub: _images(folder / sub) for sub in PAIR_FOLDERS}
+    listed = manifest_splits(folder)
+    report = PairReport()
+    if listed is not None:
+        report.unlisted = sorted(p.relative_to(folder).as_posix() for images in found.values()
+                                 for name, p in images.items() if name not in listed)
+        report.absent = sorted(set(listed) - set(found["degraded"]) - set(found["clean"]))
+        found = {sub: {n: p for n, p in images.items() if n in listed} for sub, images in found.items()}
+    degraded, clean = found["degraded"], found["clean"]
+    report.missing_clean = sorted(set(degraded) - set(clean))
+    report.missing_degraded = sorted(set(clean) - set(degraded))
     for name in sorted(set(degraded) & set(clean)):
         sizes = []
         for path in (degraded[name], clean[name]):

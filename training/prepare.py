@@ -4,12 +4,19 @@ Each image is cropped square around its face (eyes level: the framing face-aware
 regions at the final size, and degraded with a seed derived from the run's seed and the image's name, so results do
 not depend on worker count or order. Faces that are not found are listed in the summary and handled as asked
 (`--no-face`), never dropped silently.
+
+The pairs are written into a hidden folder beside the output and renamed into place when complete, so a pairs folder
+holds one run's pairs or none: a folder that already holds pairs is refused unless `--overwrite` says to replace it,
+and it is replaced only when everything in it is what an earlier degrade wrote (its manifest says which files).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import multiprocessing as mp
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +29,12 @@ from engine.images import ImageError, is_image_path, read_image
 
 from .degrade import DegradeConfig, degrade
 from .face_regions import REGIONS, make_parser, whole_image
+from .pairs import MANIFEST, PAIR_FOLDERS, read_manifest
 
 MIN_SIZE = 64
+WRITTEN_BESIDE_PAIRS = (MANIFEST, "summary.json", "contact_sheet.png")
+# caches a file manager drops into any folder it shows (Finder, Explorer): regenerated, so replacing them loses nothing
+FILE_MANAGER_CACHES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 REGION_COLOURS = {"skin": (255, 200, 120), "hair": (150, 60, 255), "eyes": (0, 220, 255), "nose": (60, 255, 60),
                   "mouth": (255, 40, 40)}
 
@@ -110,7 +121,7 @@ class Preparer:
             target = self.out / folder / stem
             target.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(target, _png(data))
-        record.update(status="ok" if regions.found else "no_face", file=str(stem), params=params,
+        record.update(status="ok" if regions.found else "no_face", file=stem.as_posix(), params=params,
                       box=regions.box, region_pixels={r: int(regions.masks[r].sum()) for r in REGIONS})
         if not regions.found:
             record["reason"] = "no face found; degraded as one region (--no-face whole)"
@@ -155,13 +166,73 @@ def assign_splits(names: list[str], test_count: int, seed: int) -> dict:
     return {n: "test" if n in test else "train" for n in names}
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds files no degrade wrote (whatever `overwrite` says: they are never
+    deleted), and one holding an earlier degrade's pairs unless `overwrite`."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"pairs folder {out} is a file, not a folder")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    if not files:
+        return
+    records = read_manifest(out)
+    written = set() if records is None else set(WRITTEN_BESIDE_PAIRS) | {
+        f"{folder}/{Path(r['file']).as_posix()}" for r in records if "file" in r for folder in PAIR_FOLDERS}
+    foreign = [f for f in files if f not in written and Path(f).name not in FILE_MANAGER_CACHES]
+    if foreign:
+        raise ValueError(f"pairs folder {out} holds {len(foreign)} files that `training degrade` did not write there "
+                         f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); they are never deleted: "
+                         f"write the pairs to a new or empty folder")
+    pairs = sum("file" in r for r in records or [])
+    if pairs and not overwrite:
+        raise ValueError(f"pairs folder {out} already holds {pairs} pairs from an earlier degrade: pass --overwrite "
+                         f"to replace them, or write to a new folder")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder `new` where `out` is, by renames: `out` holds the old pairs or the new ones, never a mix
+    (killed between the two renames, the old ones are in a hidden `.NAME.replaced-*` folder beside it)."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    try:
+        new.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
+
+
 def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int = 0, workers: int = 1,
-            progress=None) -> dict:
+            progress=None, overwrite: bool = False) -> dict:
+    """Degrade every image of `clean_dir` into the pairs folder `out` (new, empty, or with `overwrite` an earlier
+    degrade's output, replaced whole); returns the summary."""
     sources = collect_sources(clean_dir)
     if test_count > len(sources):
         raise ValueError(f"--test-count {test_count} is more than the {len(sources)} images")
+    out = out.resolve()
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        summary = _write_pairs(sources, staging, options, test_count, workers, progress)
+        check_output(out, overwrite)  # again: the run took a while, and the folder may have changed meanwhile
+        try:
+            replace_folder(staging, out)
+        except OSError as e:  # Windows refuses to rename a folder a program has a file open in
+            raise ValueError(f"could not put the new pairs in place of {out} ({e}); it still holds the old ones: "
+                             f"close what has it open and run again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write_pairs(sources: list, out: Path, options: PrepareOptions, test_count: int, workers: int,
+                 progress) -> dict:
     jobs = [(p, n, "train") for p, n in sources]
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     local = Preparer(options, out)  # also parses the contact sheet
     note = local.parser_note

@@ -7,8 +7,10 @@ training). Multi-GPU: `accelerate launch -m training train ...`; each process ta
 
 The run folder holds engine checkpoints (`checkpoint-STEP.safetensors`, `latest.safetensors`), the resumable state
 (`state.pt`: trainable weights, optimizer, scheduler, step, RNG), TensorBoard logs (`logs/`), the same losses as
-JSON lines (`losses.jsonl`, what the report plots) and sample grids. Ctrl-C stops at the end of the current step, saves
-the state there and raises KeyboardInterrupt; running the same command again continues exactly.
+JSON lines (`losses.jsonl`, what the report plots), sample grids and `config.json`: every setting of the run with the
+fingerprints of its base, pairs and VGG weights (`run_record.py`; a resume with settings that change what a step
+computes is refused, naming them). Ctrl-C stops at the end of the current step, saves the state there and raises
+KeyboardInterrupt; running the same command again continues exactly.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import json
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from engine.model import LoraSpec
 from .dataset import PairDataset, batches
 from .memory_plan import measure_and_plan
 from .perceptual import PerceptualLoss
+from .run_record import check_resume, pairs_fingerprint, run_record, weights_fingerprint
 
 DEFAULT_PROMPT = "a sharp, detailed, clean render of a face"
 
@@ -149,6 +152,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model.set_trainable()
     model.skip_dropout = cfg.skip_dropout
     perceptual = PerceptualLoss(cfg.vgg_weights, random_init=cfg.random_vgg).to(acc.device)
+    record = run_record(cfg, base_fingerprint=base.fingerprint, vgg_fingerprint=weights_fingerprint(perceptual),
+                        pairs_fingerprint=pairs_fingerprint(train_data, test_data), processes=acc.num_processes)
+    state_path, loss_log = out / "state.pt", out / "losses.jsonl"
+    if state_path.is_file():  # before anything is loaded or written: a refused resume leaves the run as it was
+        check_resume(out / "config.json", record, log)
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, cfg.steps))
@@ -168,13 +176,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
                           prompt=cfg.prompt, source=f"splat-restore training in {out}")
 
     step = 0
-    state_path, loss_log = out / "state.pt", out / "losses.jsonl"
     if state_path.is_file():
         step = load_state(state_path, core, optimizer, scheduler)
         log(f"resumed {out} at step {step}")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+        write_bytes_atomic(out / "config.json", json.dumps(record, indent=1).encode())
         trim_loss_log(loss_log, step)
         if step == 0:  # the untrained model's held-out loss: the curve's starting point
             append_loss_log(loss_log, {"step": 0} | {f"test/{k}": v for k, v in
