@@ -382,6 +382,11 @@ MUTANTS: list[Mutant] = [
            "            return checkpoint(block, *args, use_reentrant=False)\n",
            "            return checkpoint(block, *(a.detach() for a in args), use_reentrant=False)\n",
            ("tests/test_training_modes.py::test_a_gradient_checkpointed_step_recomputes_every_block_and_takes_the_plain_step",)),
+    Mutant("ranks launched without CPU mode train alone on the same pairs",
+           "training/train.py",
+           "    if acc.num_processes != launched:",
+           "    if False:",
+           ("tests/test_training_modes.py::test_processes_launched_without_cpu_mode_on_a_machine_without_a_gpu_refuse_instead_of_training_alone",)),
 ]
 
 

@@ -244,28 +244,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_each_taking_one_pair_take_the_step_of_one_process_at_batch_two(
-        plain_step, pairs, tiny_base, tmp_path):
-    config = json.dumps(asdict(_config(pairs, tiny_base, tmp_path / "run", batch_size=1, gradient_checkpointing=False)))
+def launch_two(config: str, tmp_path, cpu: bool = True) -> list[int]:
+    """What `accelerate launch --cpu --num_processes 2` starts: two ranks of run_rank; their exit codes."""
     code = ("import sys; sys.path[:0] = [{root!r}, {tests!r}]; from test_training_modes import run_rank; "
             "run_rank(sys.argv[1], sys.argv[2])").format(root=str(ROOT), tests=str(ROOT / "tests"))
     port, ranks = _free_port(), []
     for rank in range(2):
-        # what `accelerate launch --cpu --num_processes 2` sets (without ACCELERATE_USE_CPU, accelerate on a machine
-        # without a GPU joins the process group but trains each process alone)
-        env = dict(os.environ, ACCELERATE_USE_CPU="true", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env.pop("ACCELERATE_USE_CPU", None)
+        if cpu:
+            env["ACCELERATE_USE_CPU"] = "true"
         with open(tmp_path / f"rank{rank}.log", "w") as log:
             ranks.append(subprocess.Popen([sys.executable, "-c", code, config, str(tmp_path / f"rank{rank}.pt")],
                                           env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
     try:
-        codes = [p.wait(timeout=300) for p in ranks]
+        return [p.wait(timeout=300) for p in ranks]
     finally:
         for p in ranks:
             p.kill()
+
+
+def test_two_processes_each_taking_one_pair_take_the_step_of_one_process_at_batch_two(
+        plain_step, pairs, tiny_base, tmp_path):
+    config = json.dumps(asdict(_config(pairs, tiny_base, tmp_path / "run", batch_size=1, gradient_checkpointing=False)))
+    codes = launch_two(config, tmp_path)
     assert codes == [0, 0], "".join((tmp_path / f"rank{rank}.log").read_text()[-3000:] for rank in range(2))
     first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first["after"], second["after"]))
     (reference,) = plain_step.steps
     assert _relative(first["grads"], reference.grads) < GRADIENT_TOLERANCE
     assert _relative(first["update"], _update(reference)) < UPDATE_TOLERANCE
+
+
+def test_processes_launched_without_cpu_mode_on_a_machine_without_a_gpu_refuse_instead_of_training_alone(
+        pairs, tiny_base, tmp_path):
+    """Without ACCELERATE_USE_CPU, accelerate on a CPU-only machine runs each rank as a single process: both would
+    train on the same pairs and write the same run folder."""
+    config = json.dumps(asdict(_config(pairs, tiny_base, tmp_path / "run", batch_size=1, gradient_checkpointing=False)))
+    codes = launch_two(config, tmp_path, cpu=False)
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(2)]
+    assert all(c != 0 for c in codes), logs
+    assert all("accelerate launch --cpu" in log for log in logs)
+    assert not (tmp_path / "run" / "state.pt").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -136,6 +137,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:  # each process would train alone on the same pairs and write the same run
+        raise ValueError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs {acc.num_processes}: "
+                         f"on a machine without a GPU, launch with `accelerate launch --cpu` (or set "
+                         f"ACCELERATE_USE_CPU=1)")
     set_seed(cfg.seed)
     train_data = PairDataset(cfg.pairs, "train", cfg.size)
     if cfg.region_weight:
