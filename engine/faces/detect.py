@@ -29,7 +29,7 @@ MESH_SIZE = 256  # crop the mesh reads; its own models work at 192 px
 
 # mediapipe goes in without its declared dependencies (jax, opencv-contrib-python: see pyproject's faces extra, which
 # FACES_EXTRA equals; a test keeps them equal), so a pip-installed engine names the whole recipe
-FACES_EXTRA = ("numpy<2", "protobuf>=4.25.3,<5", "absl-py", "attrs", "flatbuffers", "matplotlib")
+FACES_EXTRA = ("numpy<2", "protobuf>=4.25.3,<5", "absl-py<3", "attrs<27", "flatbuffers<26", "matplotlib<4")
 _QUOTED = " ".join('"' + r + '"' for r in FACES_EXTRA)  # double quotes: the same in Windows' cmd and POSIX shells
 INSTALL_FACES = f"python -m pip install {_QUOTED} && python -m pip install --no-deps mediapipe==0.10.21"
 

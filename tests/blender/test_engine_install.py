@@ -81,15 +81,20 @@ def test_remove_engine_deletes_it(installed):
     assert installed["default_after_remove"] != installed["python"]
 
 
-def test_python_for_install_is_the_interpreter_the_venv_is_made_with(addon, tmp_path, monkeypatch):
-    from blender_addon import engine_setup
-
+def stand_in_wheels(tmp_path):
+    """An engine_wheel/ folder as the add-on zip carries it (a placeholder wheel, the pins, the constraints)."""
     wheels = tmp_path / "engine_wheel"
     wheels.mkdir()
     (wheels / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
     (wheels / "pins.json").write_text(json.dumps({"torch": TORCH_PIN, "mediapipe": "mediapipe==0.10.21"}))
     (wheels / "constraints.txt").write_text("diffusers==0.42.1\n")
-    monkeypatch.setattr(engine_setup, "WHEEL_DIR", wheels)
+    return wheels
+
+
+def test_python_for_install_is_the_interpreter_the_venv_is_made_with(addon, tmp_path, monkeypatch):
+    from blender_addon import engine_setup
+
+    monkeypatch.setattr(engine_setup, "WHEEL_DIR", stand_in_wheels(tmp_path))
     addon.install_python = str(tmp_path / "python3.12")
     try:
         with pytest.raises(RuntimeError, match=r"cannot run .*python3\.12"):
@@ -131,12 +136,7 @@ def canned_install(addon, tmp_path, monkeypatch):
     so the add-on picks the one installed."""
     from blender_addon import engine_install, engine_setup
 
-    wheels = tmp_path / "engine_wheel"
-    wheels.mkdir()
-    (wheels / "splat_restore-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
-    (wheels / "pins.json").write_text(json.dumps({"torch": TORCH_PIN, "mediapipe": "mediapipe==0.10.21"}))
-    (wheels / "constraints.txt").write_text("diffusers==0.42.1\n")
-    monkeypatch.setattr(engine_setup, "WHEEL_DIR", wheels)
+    monkeypatch.setattr(engine_setup, "WHEEL_DIR", stand_in_wheels(tmp_path))
     monkeypatch.setattr(engine_install, "VENV", ("-m", "venv", "--without-pip"))
     monkeypatch.setattr(engine_install, "PROBE", f"print({json.dumps(json.dumps(CANNED_PROBE))})")
     monkeypatch.setattr(engine_install, "install_steps", lambda *args, **kw: [])
