@@ -303,7 +303,7 @@ MUTANTS: list[Mutant] = [
            '        queue.report.failed.append((render.filepath, "cannot find the frame Blender just wrote"))\n',
            ("tests/blender/test_addon.py::test_the_frame_after_one_that_cannot_be_found_is_restored_alone",)),
     Mutant("Restore Folder resends every render to an engine restarted after a crash",
-           "blender_addon/operators.py",
+           "blender_addon/engine_job.py",
            "        return client.restore(self.undecided(), **self.options)\n",
            "        return client.restore(self.items, **self.options)\n",
            ("tests/blender/test_hardening.py::"
@@ -311,7 +311,7 @@ MUTANTS: list[Mutant] = [
             "tests/blender/test_hardening.py::"
             "test_renders_restored_before_an_engine_crash_are_reported_restored_not_skipped")),
     Mutant("Restore Folder's report forgets the renders a crashed engine restored",
-           "blender_addon/operators.py",
+           "blender_addon/engine_job.py",
            "        if not self.decided:\n",
            "        if True:\n",
            ("tests/blender/test_hardening.py::"
