@@ -408,17 +408,20 @@ def plant(tree: Path, m: Mutant) -> bool:
     return True
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], pythons: dict[str, str]) -> list[int]:
-    """pytest's exit code per venv: 1 means a test failed (killed); 0 survived; others are errors of the run."""
+def run_tests(tree: Path, tests: tuple[str, ...], pythons: dict[str, str], failures: list | None = None) -> list[int]:
+    """pytest's exit code per venv: 1 means a test failed (killed); 0 survived; others are errors of the run.
+    `failures`, when given, collects pytest's FAILED/ERROR summary lines."""
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
     groups = {"blender": [t for t in tests if t.startswith("tests/blender")],
               "engine": [t for t in tests if not t.startswith("tests/blender")]}
     codes = []
     for venv, ids in groups.items():
         if ids:
-            cmd = [pythons[venv], "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *ids]
-            codes.append(subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL).returncode)
+            cmd = [pythons[venv], "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *ids]
+            r = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            codes.append(r.returncode)
+            if failures is not None:
+                failures += [line for line in r.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     return codes
 
 
@@ -451,9 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     # a kill only counts if the same tests pass on the tree as it is: a broken test or setup would "kill" everything
     with tempfile.TemporaryDirectory(prefix="splat-restore-mutant-") as scratch:
         copy_tree(files, Path(scratch))
-        codes = run_tests(Path(scratch), tuple(dict.fromkeys(t for m in chosen for t in m.tests)), pythons)
+        failures: list[str] = []
+        codes = run_tests(Path(scratch), tuple(dict.fromkeys(t for m in chosen for t in m.tests)), pythons, failures)
     if any(codes):
-        print(f"the mutants' tests fail on the unchanged tree (pytest exit {codes}): fix them first")
+        print(f"the mutants' tests fail on the unchanged tree (pytest exit {codes}): fix them first", *failures,
+              sep="\n")
         return 2
     width = max((len(m.bug) for m in chosen), default=10)
     print(f"{'bug':<{width}}  {'result':<8}  seconds", flush=True)
