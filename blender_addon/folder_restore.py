@@ -18,7 +18,10 @@ def folder_items(input_dir: str | os.PathLike, output_dir: str | os.PathLike | N
     if not src.is_dir():
         raise ValueError(f"input folder {src} does not exist")
     dst = Path(output_dir) if output_dir else src / RESTORED_FOLDER
-    items = [(p, dst / p.relative_to(src)) for p in scan_folder(src, dst, recursive)]
+    try:
+        items = [(p, dst / p.relative_to(src)) for p in scan_folder(src, dst, recursive)]
+    except OSError as e:  # a share that refuses to be listed: name the folder, as every other bad input
+        raise ValueError(f"cannot read {e.filename or src}: {e.strerror or e}") from None
     if not items:
         raise ValueError(f"no images (PNG, JPEG, TIFF, WebP) in {src}" + ("" if recursive else
                                                                            " (subfolders need Recursive)"))

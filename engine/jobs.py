@@ -64,12 +64,18 @@ def collect_items(inputs: Iterable[str | os.PathLike], outdir: str | os.PathLike
     items = []
     for raw in inputs:
         src = Path(raw)
-        if src.is_dir():
-            items += [Item(p, outdir / p.relative_to(src)) for p in scan_folder(src, outdir, recursive)]
-        elif src.exists():
-            items.append(Item(src, outdir / src.name))
-        else:
-            raise UsageError(f"input {src} does not exist")
+        problem = path_problem(src)
+        if problem:
+            raise UsageError(f"input {printable(src)}: {problem}")
+        try:
+            if src.is_dir():
+                items += [Item(p, outdir / p.relative_to(src)) for p in scan_folder(src, outdir, recursive)]
+            elif src.exists():
+                items.append(Item(src, outdir / src.name))
+            else:
+                raise UsageError(f"input {src} does not exist")
+        except OSError as e:  # a share that refuses to be listed or probed: name it, as every other bad input
+            raise UsageError(f"input {e.filename or src}: cannot read: {e.strerror or e}") from None
     seen = {}
     for it in items:
         key = os.path.normcase(os.path.abspath(it.output))

@@ -346,6 +346,12 @@ MUTANTS: list[Mutant] = [
            "record = run_record(cfg, base_fingerprint=base.fingerprint,",
            "record = run_record(cfg, base_fingerprint=\"\",",
            ("tests/test_training.py::test_a_resume_on_another_base_of_the_same_shapes_is_refused_naming_both",)),
+    Mutant("a folder the OS refuses to list is skipped without a word",
+           "blender_addon/engine_link/scan.py",
+           "    for here, dirs, files in os.walk(root, onerror=refuse):",
+           "    for here, dirs, files in os.walk(root):",
+           ("tests/test_scan.py::test_a_folder_that_cannot_be_listed_is_named_not_skipped",
+            "tests/test_cli_restore.py::test_an_input_the_os_refuses_to_list_is_a_usage_error_naming_it")),
     # training modes (issue 27, item 14)
     Mutant("training's default is not bf16 mixed precision",
            "training/train.py",

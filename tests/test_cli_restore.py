@@ -162,3 +162,24 @@ def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path
     assert "c.png: restorer failed: KeyError: 'tile'" in captured.err
     assert "restored 2, skipped 0, failed 2" in captured.out
     assert _no_partials(out)
+
+
+def test_an_input_the_os_refuses_to_list_is_a_usage_error_naming_it(tiny_weights, tmp_path, capsys, monkeypatch):
+    """A network share that answers "permission denied" when listed: exit 2 and the folder named, no traceback."""
+    import os
+
+    share = tmp_path / "share"
+    share.mkdir()
+    real_scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == os.fspath(share):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert main(["restore", str(share), "-o", str(tmp_path / "out"), "--weights", str(tiny_weights)]) == 2
+    err = capsys.readouterr().err
+    assert f"input {share}: cannot read: Permission denied" in err
+    assert main(["restore", "a\0b.png", "-o", str(tmp_path / "out"), "--weights", str(tiny_weights)]) == 2
+    assert "NUL" in capsys.readouterr().err

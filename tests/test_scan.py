@@ -70,3 +70,24 @@ def test_temporaries_of_the_given_outputs_only_are_removed(tmp_path):
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == sorted(set(names) - {".f_1.0123abcd.partial.png", ".f_1.89abcdef.partial.png"}
                           | {"sub/.f_1.0123abcd.partial.png"})
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch):
+    """os.walk skips what it cannot list; a share refusing one subfolder would lose its frames without a word."""
+    import os
+
+    import pytest
+
+    (tmp_path / "shot" / "locked").mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(PermissionError):
+        scan_folder(tmp_path / "shot", recursive=True)
+    with pytest.raises(ValueError, match=r"cannot read .*locked: Permission denied"):
+        folder_items(tmp_path / "shot", None, recursive=True)

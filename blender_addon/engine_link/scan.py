@@ -112,11 +112,14 @@ def scan_folder(folder: str | os.PathLike, output: str | os.PathLike | None = No
                 recursive: bool = False) -> list[Path]:
     """Image files in `folder` (and its subfolders with `recursive`), in natural order. Hidden and temporary files
     and folders are skipped, and so is `output` when it lies inside `folder`: a second run must not restore the
-    first run's results."""
+    first run's results. A folder that cannot be listed raises its OSError."""
     root = Path(folder)
     skip = Path(os.path.abspath(output)) if output else None
     found = []
-    for here, dirs, files in os.walk(root):
+    def refuse(error: OSError):  # os.walk would skip a folder it cannot list: its frames would go missing unseen
+        raise error
+
+    for here, dirs, files in os.walk(root, onerror=refuse):
         base = Path(here)
         dirs[:] = [d for d in dirs if recursive and not is_temporary(d)
                    and not (skip and _inside(Path(os.path.abspath(base / d)), skip))]
