@@ -118,9 +118,10 @@ def tested_constraints() -> str:
     """The versions of the engine's dependencies that .venv holds, the ones the tests ran with, as pip
     constraints: Install Engine installs with them, so a later release (diffusers moving a class the model uses)
     cannot reach an engine installed from this zip."""
-    python = venv_python(ENGINE_VENV)
+    # the tests' engine interpreter when they name one (a scratch tree of `build.py mutants` has no .venv of its own)
+    python = Path(os.environ.get("SPLAT_RESTORE_ENGINE_PYTHON") or venv_python(ENGINE_VENV))
     if not python.is_file():
-        sys.exit(f"no engine venv at {ENGINE_VENV}: run `python build.py setup` first (the zip pins the versions "
+        sys.exit(f"no engine interpreter at {python}: run `python build.py setup` first (the zip pins the versions "
                  f"installed there)")
     code = "import engine_wheel as w; print(w.installed_constraints(w.engine_requirements(w.project())), end='')"
     r = subprocess.run([str(python), "-c", code], cwd=ROOT, capture_output=True, text=True)
