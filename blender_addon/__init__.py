@@ -1,11 +1,11 @@
 """Splat Restore for Blender: restore renders of Gaussian-splatting avatars through a local engine process.
 
 bpy is imported only by the modules that register() loads, so the bpy-free parts (engine_link: the protocol and the
-engine client; frame_queue, engine_manager, output_paths, folder_restore, engine_install) can be imported by the
-engine and by plain tests.
+engine client; frame_queue, engine_manager, output_paths, folder_restore, engine_install, training_pairs,
+photo_import) can be imported by the engine and by plain tests.
 """
 
-_MODULES = ("preferences", "engine_setup", "properties", "operators", "handlers", "ui")
+_MODULES = ("preferences", "engine_setup", "properties", "operators", "pairs_operator", "handlers", "ui")
 
 
 def _modules():

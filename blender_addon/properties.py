@@ -1,8 +1,27 @@
-"""Per-scene settings: scene.splat_restore."""
+"""Per-scene settings: scene.splat_restore (and its training_pairs)."""
 import bpy
 
 
+class SplatRestorePairsSettings(bpy.types.PropertyGroup):
+    """Make Training Pairs: scene.splat_restore.training_pairs."""
+    photos_dir: bpy.props.StringProperty(
+        name="Photos", subtype="DIR_PATH",
+        description="The capture photos: a camera takes the photo whose file name without extension is the "
+                    "camera's name, ignoring case (cam_012 takes cam_012.jpg)")
+    output_dir: bpy.props.StringProperty(
+        name="Output Folder", subtype="DIR_PATH",
+        description="The pairs folder: degraded/NAME.png (the render), clean/NAME.png (the photo), manifest.jsonl")
+    cameras: bpy.props.EnumProperty(
+        name="Cameras", default="ALL",
+        items=[("ALL", "All", "Every camera in the scene"), ("SELECTED", "Selected", "The selected cameras")])
+    holdout: bpy.props.IntProperty(
+        name="Hold Out Every", default=8, min=2, soft_max=50,
+        description="In name order, the 1st, (N+1)th, (2N+1)th... camera goes to the test split, to measure the "
+                    "trained restorer on views it never learned from (at least one when there are two cameras)")
+
+
 class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
+    training_pairs: bpy.props.PointerProperty(type=SplatRestorePairsSettings)
     auto_restore: bpy.props.BoolProperty(
         name="Restore Every Frame", default=False,
         description="Restore each frame Blender writes during a render (F12 with write, Ctrl-F12, blender -b -a)")
@@ -31,6 +50,7 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
 
 
 def register():
+    bpy.utils.register_class(SplatRestorePairsSettings)
     bpy.utils.register_class(SplatRestoreSceneSettings)
     bpy.types.Scene.splat_restore = bpy.props.PointerProperty(type=SplatRestoreSceneSettings)
 
@@ -38,3 +58,4 @@ def register():
 def unregister():
     del bpy.types.Scene.splat_restore
     bpy.utils.unregister_class(SplatRestoreSceneSettings)
+    bpy.utils.unregister_class(SplatRestorePairsSettings)

@@ -1,4 +1,7 @@
-"""Panels: Render Properties > Splat Restore, and the Image Editor sidebar."""
+"""Panels: Render Properties > Splat Restore (with its Training Pairs section), and the Image Editor sidebar."""
+import textwrap
+from pathlib import Path
+
 import bpy
 
 from .engine_setup import InstallState
@@ -56,7 +59,37 @@ class SPLATRESTORE_PT_image(bpy.types.Panel):
         _draw(self.layout, context)
 
 
-CLASSES = (SPLATRESTORE_PT_render, SPLATRESTORE_PT_image)
+class SPLATRESTORE_PT_training_pairs(bpy.types.Panel):
+    """Render/photo pairs from the capture cameras, to fine-tune the restorer on this avatar."""
+    bl_label = "Training Pairs"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    bl_parent_id = "SPLATRESTORE_PT_render"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        from .pairs_operator import PairsState
+        from .training_pairs import MANIFEST
+
+        settings = context.scene.splat_restore.training_pairs
+        layout = self.layout
+        layout.prop(settings, "photos_dir")
+        layout.prop(settings, "output_dir")
+        row = layout.row()
+        row.prop(settings, "cameras", expand=True)
+        layout.prop(settings, "holdout")
+        layout.operator("splat_restore.make_training_pairs", icon="RENDER_STILL")
+        out = bpy.path.abspath(settings.output_dir) if settings.output_dir.strip() else ""
+        if out and (Path(out) / MANIFEST).is_file():
+            layout.operator("splat_restore.make_training_pairs", text="Replace Existing Pairs",
+                            icon="FILE_REFRESH").overwrite = True
+        if PairsState.last_report:
+            for line in textwrap.wrap(PairsState.last_report, 90)[:6]:
+                layout.label(text=line)
+
+
+CLASSES = (SPLATRESTORE_PT_render, SPLATRESTORE_PT_image, SPLATRESTORE_PT_training_pairs)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

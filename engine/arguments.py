@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
     p.add_argument("base", nargs="?", default=DEFAULT_BASE)
 
+    p = sub.add_parser("import-photos", help="capture photos -> upright sRGB PNGs (the clean half of Blender pairs)")
+    p.add_argument("photos", nargs="*", help="photo files, or folders whose images are taken")
+    p.add_argument("--from-list", default=None, help="a text file naming one photo per line (UTF-8)")
+    p.add_argument("--out", required=True, help="folder for NAME.png, one per photo stem")
+    p.add_argument("--json", action="store_true", help="one JSON line per photo, printed as each is done")
+    p.add_argument("--overwrite", action="store_true", help="replace PNGs already in --out")
+
     p = sub.add_parser("import-pix2pix-turbo", help="convert an img2img-turbo .pkl into a Splat Restore checkpoint")
     p.add_argument("pkl")
     p.add_argument("--base", default=DEFAULT_BASE)

@@ -151,6 +151,15 @@ def cmd_fetch(a) -> int:
     return 0
 
 
+def cmd_import_photos(a) -> int:
+    from .photos import UsageError as PhotoUsageError, run
+
+    try:
+        return run(a.photos, a.out, a.from_list, a.json, a.overwrite)
+    except PhotoUsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_import(a) -> int:
     from .weights.pix2pix_import import import_pix2pix_turbo
 
@@ -244,7 +253,7 @@ def cmd_demo(a) -> int:
 
 COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "bench": cmd_bench,
             "bench-protocol": cmd_bench_protocol, "bench-faces": cmd_bench_faces, "fetch": cmd_fetch,
-            "import-pix2pix-turbo": cmd_import, "flicker": cmd_flicker, "bench-temporal": cmd_bench_temporal}
+            "import-pix2pix-turbo": cmd_import, "import-photos": cmd_import_photos, "flicker": cmd_flicker, "bench-temporal": cmd_bench_temporal}
 
 
 def main(argv: list[str] | None = None) -> int:
