@@ -247,6 +247,17 @@ def test_overwrite_replaces_the_pairs_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "pairs", "second"]  # nothing left beside it
 
 
+def test_overwrite_replaces_pairs_that_check_pairs_has_judged(tmp_path):
+    """check-pairs leaves its verdicts beside the pairs; they are about the pairs degrade wrote, not a user's file."""
+    out = tmp_path / "pairs"
+    assert _degrade(_sources(tmp_path / "first", ["a.png"]), out) == 0
+    from training.cli import main
+    assert main(["check-pairs", str(out), "--json"]) in (0, 1)
+    assert (out / "pair_check.json").is_file()
+    assert _degrade(_sources(tmp_path / "second", ["c.png"]), out, "--overwrite") == 0
+    assert _listing(out)["manifest"] == ["c.png"] and not (out / "pair_check.json").exists()
+
+
 def test_overwrite_never_deletes_files_degrade_did_not_write(tmp_path, capsys):
     out = tmp_path / "pairs"
     assert _degrade(_sources(tmp_path / "first", ["a.png"]), out) == 0

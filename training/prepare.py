@@ -32,7 +32,8 @@ from .face_regions import REGIONS, make_parser, whole_image
 from .pairs import MANIFEST, PAIR_FOLDERS, read_manifest
 
 MIN_SIZE = 64
-WRITTEN_BESIDE_PAIRS = (MANIFEST, "summary.json", "contact_sheet.png")
+# pair_check.json: `check-pairs` verdicts on these pairs, stale once they are replaced
+WRITTEN_BESIDE_PAIRS = (MANIFEST, "summary.json", "contact_sheet.png", "pair_check.json")
 # caches a file manager drops into any folder it shows (Finder, Explorer): regenerated, so replacing them loses nothing
 FILE_MANAGER_CACHES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 REGION_COLOURS = {"skin": (255, 200, 120), "hair": (150, 60, 255), "eyes": (0, 220, 255), "nose": (60, 255, 60),
