@@ -45,7 +45,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, license_flag: bool = True) -> 
         _add_license_arg(p)
     p.add_argument("--base", default=None,
                    help=f"base model: diffusers folder or hub id (default: the one named in the weights, "
-                        f"normally {DEFAULT_BASE})")
+                        f"normally {DEFAULT_BASE}); for a fine-tune made with `training --init`: where its init "
+                        f"restorer is now")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
                    help="auto: fp16 on GPUs, fp32 on CPU")

@@ -115,10 +115,12 @@ def merge_lora(model: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.get_base_layer())
-    # diffusers remembers that adapters were added; after merging there are none left to manage.
+    # diffusers remembers that adapters were added; after merging there are none left to manage, and a new adapter
+    # (a fine-tune's, weights/lineage.py) starts afresh: peft warns of "multiple adapters" while the attribute exists.
     if hasattr(model, "_hf_peft_config_loaded"):
         model._hf_peft_config_loaded = False
-        model.peft_config = {}
+    if "peft_config" in vars(model):
+        del model.peft_config
     return len(wrapped)
 
 
@@ -154,6 +156,9 @@ class Pix2PixTurbo(nn.Module):
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
         self.skip_dropout = 0.0  # set by the trainer; active only in train mode
         self.gradient_checkpointing = False  # the VAE blocks' activations are recomputed in backward when set
+        # True for a fine-tune of a restorer that works (`--init`): its conv_in and skip convs are the init's and
+        # stay frozen, so zeroing the new LoRA gives back the init exactly (weights/lineage.py)
+        self.lora_only = False
 
     def _block(self, block, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -205,8 +210,11 @@ class Pix2PixTurbo(nn.Module):
         return self.decode(self.denoise(z), taps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """img2img-turbo's rule: every LoRA matrix, the UNet's conv_in and the four skip convs."""
+        """img2img-turbo's rule: every LoRA matrix, the UNet's conv_in and the four skip convs; with `lora_only`,
+        the LoRA matrices alone."""
         params = [p for n, p in self.named_parameters() if "lora_" in n]
+        if self.lora_only:
+            return params
         params += list(self.unet.conv_in.parameters())
         for i in range(1, 5):
             params += [p for n, p in getattr(self.vae.decoder, f"skip_conv_{i}").named_parameters() if "lora_" not in n]

@@ -114,3 +114,26 @@ def test_incomplete_base_folder_is_named(tiny_base, tmp_path):
     shutil.rmtree(broken / "vae")
     with pytest.raises(BaseModelError, match="vae/config.json"):
         resolve_base(str(broken))
+
+
+def test_plain_checkpoints_stay_format_1_and_files_from_before_lineage_load(tiny_weights, tmp_path):
+    """Only a fine-tune of another restorer is written as format 2 (engines before it say "update"); a plain
+    checkpoint stays readable by them, and their files (no `init` key) load here."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        meta = json.loads(f.metadata()["splat_restore"])
+    assert meta["format_version"] == 1 and meta["init"] == {}
+    del meta["init"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(tiny_weights)), str(old), metadata={"splat_restore": json.dumps(meta)})
+    model, info = load_restorer(old)
+    assert info.init == {} and not model.lora_only
+    newer = tmp_path / "newer.safetensors"
+    save_file(load_file(str(tiny_weights)), str(newer),
+              metadata={"splat_restore": json.dumps(meta | {"format_version": 3})})
+    with pytest.raises(CheckpointError, match="update Splat Restore"):
+        read_info(newer)

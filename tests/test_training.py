@@ -11,7 +11,7 @@ from training.cli import main
 from training.dataset import PairDataset, PairError, UnlistedPairsWarning
 from training.degrade import DegradeConfig, degrade
 from training.run_record import RunMismatch
-from training.train import DEFAULT_PROMPT, TrainConfig, held_out_loss, train
+from training.train import DEFAULT_PROMPT, TrainConfig, held_out_loss, read_loss_log, train
 
 
 def _make_pairs(root: Path, count=12, test=4, size=64) -> Path:
@@ -160,6 +160,45 @@ def test_a_run_from_before_settings_were_recorded_resumes_and_records_them(pairs
     assert train(_config(pairs, tiny_base, tmp_path / "run", steps=2), log=said.append)["step"] == 2
     assert any("no recorded configuration" in line for line in said)
     assert "base_fingerprint" in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+def test_a_run_recorded_before_init_synthetic_and_the_warmup_cap_resumes_as_it_started(pairs, tiny_base, tmp_path):
+    cfg = _config(pairs, tiny_base, tmp_path / "run", steps=3, stop_after=1)
+    train(cfg, log=lambda *_: None)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("init", "accept_license", "synthetic_pairs", "synthetic_share", "init_fingerprint",
+                "synthetic_fingerprint", "warmup_steps"):
+        del recorded[key]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))  # what runs recorded before these
+    said = []
+    assert train(_config(pairs, tiny_base, tmp_path / "run", steps=3, warmup=None), log=said.append)["step"] == 3
+    assert "schedule: lr 0.003, warmup 2 of 3 steps, then linear decay to 0" in said  # its --warmup 2, kept
+
+
+def _lrs(run: Path) -> list:
+    return [r["lr"] for r in read_loss_log(run / "losses.jsonl") if "lr" in r]
+
+
+def test_a_short_run_reaches_its_learning_rate_and_an_explicit_warmup_is_kept(pairs, tiny_base, tmp_path):
+    said = []
+    train(_config(pairs, tiny_base, tmp_path / "capped", 6, lr=1e-3, warmup=None), log=said.append)
+    assert _lrs(tmp_path / "capped") == pytest.approx([1e-3 * k / 6 for k in (6, 5, 4, 3, 2, 1)])
+    assert "schedule: lr 0.001, warmup 0 of 6 steps, then linear decay to 0" in said
+    assert json.loads((tmp_path / "capped" / "config.json").read_text())["warmup_steps"] == 0
+    train(_config(pairs, tiny_base, tmp_path / "explicit", 6, lr=1e-3, warmup=3), log=lambda *_: None)
+    assert _lrs(tmp_path / "explicit") == pytest.approx([1e-3 * f for f in (1 / 3, 2 / 3, 1, 1, 2 / 3, 1 / 3)])
+
+
+def test_a_resume_with_more_steps_keeps_the_warmup_the_run_started_with(pairs, tiny_base, tmp_path):
+    from training.train import MAX_WARMUP, effective_warmup
+
+    assert effective_warmup(TrainConfig("", "", steps=40)) == 4
+    assert effective_warmup(TrainConfig("", "", steps=100000)) == MAX_WARMUP
+    train(_config(pairs, tiny_base, tmp_path / "run", 20, warmup=None, stop_after=1), log=lambda *_: None)
+    said = []
+    train(_config(pairs, tiny_base, tmp_path / "run", 30, warmup=None, stop_after=1), log=said.append)
+    assert "schedule: lr 0.003, warmup 2 of 30 steps, then linear decay to 0" in said
+    assert _lrs(tmp_path / "run") == pytest.approx([3e-3 / 2, 3e-3])
 
 
 def test_evaluate_reports_restored_and_degraded(pairs, tiny_base, tmp_path, capsys):

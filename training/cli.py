@@ -34,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the pairs an earlier degrade wrote to this folder (never files it did not write)")
 
-    p = sub.add_parser("fit", help="clean faces -> degrade, train, evaluate, export, report (run again to resume)")
-    p.add_argument("clean_dir")
+    p = sub.add_parser("fit", help="clean faces (or --pairs) -> degrade, train, evaluate, export, report (run again "
+                                   "to resume)")
+    p.add_argument("clean_dir", nargs="?", default=None, help="clean faces to degrade into pairs (or --pairs)")
+    p.add_argument("--pairs", default=None,
+                   help="a pairs folder (degraded/ + clean/, e.g. renders and capture photos) to train on as it is; "
+                        "its 'test' split is held out")
+    p.add_argument("--synthetic", default=None, metavar="CLEAN_DIR",
+                   help="with --pairs: also degrade these clean images into RUN/synthetic/ and mix them in")
     p.add_argument("--out", required=True, help="run folder; the same command resumes it")
     p.add_argument("--test-count", type=int, default=None, help="images held out (default: a tenth, at least 1)")
     p.add_argument("--parser", default="auto", choices=["auto", "mediapipe", "segformer", "none"])
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune the restorer on a pairs folder (accelerate launch for multi-GPU)")
     p.add_argument("--pairs", required=True)
     p.add_argument("--out", required=True, help="run folder (checkpoints, state, logs); resumes when it has state")
+    p.add_argument("--synthetic-pairs", default=None, help="a second pairs folder mixed into training batches")
     add_train_options(p)
 
     p = sub.add_parser("evaluate", help="LPIPS / PSNR / SSIM of restored vs degraded inputs, as JSON + a grid")
@@ -57,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--vgg-weights", default=None)
     p.add_argument("--random-vgg", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--grid", default=None, help="comparison grid PNG (degraded | restored | clean)")
+    p.add_argument("--init", default=None,
+                   help="a second restorer to compare (e.g. the one --weights was fine-tuned from)")
+    p.add_argument("--grid", default=None, help="comparison grid PNG (degraded | [init |] restored | clean)")
     p.add_argument("-o", "--output", default=None, help="write the JSON here too")
 
     p = sub.add_parser("bench-step", help="ms per training step and peak memory, full size, random weights")
@@ -69,13 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("check-pairs", help="validate a degraded/ + clean/ pair folder")
+    p = sub.add_parser("check-pairs", help="validate a degraded/ + clean/ pair folder and measure each pair's "
+                       "alignment (optical flow), exposure and sharpness; flagged pairs are skipped by training")
     p.add_argument("pairs_dir")
+    p.add_argument("--align", action="store_true",
+                   help="register each photo onto its render (ECC affine + smooth dense warp); originals are kept in "
+                        "clean_original/, pixels without a trustworthy target are marked 0 in valid/NAME.png")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    p.add_argument("--max-median", type=float, default=1.5,
+                   help="flag pairs whose median displacement is above this many pixels (default 1.5)")
 
     p = sub.add_parser("bench-degrade", help="images per second of the pair generator on bundled faces")
     p.add_argument("--count", type=int, default=24)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size", type=int, default=512)
+
     return ap
 
 
@@ -88,7 +105,16 @@ def add_train_options(p) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "skip_dropout", "lambda_l1", "lambda_lpips", "lambda_gram"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--warmup", type=int, default=defaults.warmup,
+                   help="warmup steps (default: a tenth of --steps, at most 500)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="fine-tune a restorer that works (a checkpoint, nvidia/difix or a Difix folder) instead of "
+                        "starting from the base: its recipe, with a new LoRA trained on top")
+    p.add_argument("--accept-license", action="store_true",
+                   help="accept the licence of the --init weights (NVIDIA Difix: non-commercial use only; the "
+                        "fine-tuned weights carry it)")
+    p.add_argument("--synthetic-share", type=float, default=defaults.synthetic_share,
+                   help="share of each batch's samples taken from the synthetic pairs (default 0.3)")
     p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default=defaults.mixed_precision)
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on when one measured step says the batch would not fit in free GPU memory")
@@ -125,11 +151,21 @@ def cmd_degrade(a) -> int:
 
 
 def cmd_check_pairs(a) -> int:
+    """0: every pair complete and none flagged; 1: flagged or incomplete pairs (each named); 2: not a pairs folder."""
+    from tqdm import tqdm
+
+    from .pair_check import check_pairs, format_table
     from .pairs import validate_pairs
 
-    report = validate_pairs(a.pairs_dir)
-    print(report.describe())
-    return 0 if report.ok else 1
+    total = len(validate_pairs(a.pairs_dir).pairs)
+    with tqdm(total=total, unit="pair", file=sys.stderr, disable=a.json or total < 2) as bar:
+        result = check_pairs(a.pairs_dir, a.align, a.max_median, progress=lambda entry: bar.update(1))
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(result["folder_report"]))
+        print(format_table(result))
+    return 0 if result["ok"] else 1
 
 
 def cmd_bench(a) -> int:
@@ -186,7 +222,17 @@ def cmd_train(a) -> int:
 def cmd_fit(a) -> int:
     from .fit import fit, print_summary
 
-    summary = fit(Path(a.clean_dir), train_config(a, pairs=""), a.test_count, a.parser)
+    if (a.clean_dir is None) == (a.pairs is None):
+        raise ValueError("fit takes exactly one of CLEAN_DIR (clean images, degraded into pairs) and --pairs DIR (a "
+                         "pairs folder used as it is)")
+    if a.pairs and a.test_count is not None:
+        raise ValueError("--test-count applies to CLEAN_DIR; with --pairs the pairs folder's own 'test' split is held "
+                         "out")
+    if a.synthetic and not a.pairs:
+        raise ValueError("--synthetic mixes synthetic pairs into --pairs DIR; with CLEAN_DIR every pair is synthetic "
+                         "already")
+    summary = fit(Path(a.clean_dir) if a.clean_dir else None, train_config(a, pairs=a.pairs or ""), a.test_count,
+                  a.parser, synthetic=Path(a.synthetic) if a.synthetic else None)
     print_summary(summary)
     return 1 if summary.get("skipped") else 0  # as degrade: the rest was used, but the caller must know
 
@@ -195,7 +241,7 @@ def cmd_evaluate(a) -> int:
     from .evaluate import evaluate, write_json
 
     result = evaluate(a.weights, a.pairs, a.split, a.base, a.device, a.vgg_weights, a.random_vgg, a.grid,
-                      accept_license=a.accept_license, progress=True)
+                      accept_license=a.accept_license, progress=True, init=a.init)
     print(json.dumps(result, indent=1))
     if a.output:
         write_json(Path(a.output), result)
@@ -213,6 +259,7 @@ def cmd_bench_step(a) -> int:
 
 COMMANDS = {"fit": cmd_fit, "degrade": cmd_degrade, "bench-step": cmd_bench_step, "train": cmd_train,
             "evaluate": cmd_evaluate, "check-pairs": cmd_check_pairs, "bench-degrade": cmd_bench}
+
 
 
 def main(argv=None) -> int:

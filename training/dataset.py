@@ -1,11 +1,14 @@
-"""Training pairs as tensors: (degraded, clean) in [-1, 1] and the damage mask in [0, 1], all three with the same
-random crop and flip.
+"""Training pairs as tensors: (degraded, clean) in [-1, 1] and the per-pixel weights (channel 0: the damage mask in
+[0, 1]; channel 1: the validity, 0 where the target is not to be learnt), all three with the same random crop and flip.
 
 A pairs folder is either the output of `python -m training degrade` (its manifest lists the pairs and gives each one's
 split; image files it does not list are ignored, with a warning naming them) or real paired renders (`degraded/`,
 `clean/`, no manifest; every pair is "train"). Which pairs a step sees is a pure function of (seed, step, process),
 so resuming a run replays the same data exactly; `batches` hands them to a DataLoader whose workers decode while the
 GPU trains, indexed by micro-batch so that resuming at step N starts the loader at N.
+
+Pairs that `check-pairs` flagged (a current verdict in pair_check.json) are left out, with a warning naming them
+(`skipped`); validity masks come from `check-pairs --align` (valid/NAME.png, see aligned_files.py), all-valid without.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch
 
 from engine.images import read_image
 
+from .aligned_files import valid_mask_state, valid_path
+from .pair_check import flagged_pairs
 from .pairs import MANIFEST, manifest_splits, validate_pairs
 
 
@@ -29,8 +34,21 @@ class UnlistedPairsWarning(UserWarning):
     pass
 
 
+class FlaggedPairsWarning(UserWarning):
+    pass
+
+
+class StaleValidMaskWarning(UserWarning):
+    pass
+
+
+def _names(items) -> str:
+    items = list(items)
+    return ", ".join(items[:10]) + (" ..." if len(items) > 10 else "")
+
+
 class PairDataset:
-    def __init__(self, folder: str | Path, split: str = "train", size: int = 512):
+    def __init__(self, folder: str | Path, split: str = "train", size: int = 512, skip_flagged: bool = True):
         folder = Path(folder)
         report = validate_pairs(folder)
         if not report.ok:
@@ -41,11 +59,29 @@ class PairDataset:
                           UnlistedPairsWarning, stacklevel=2)
         splits = manifest_splits(folder) or {}
         rel = [(d, c, d.relative_to(folder / "degraded").with_suffix("").as_posix()) for d, c in report.pairs]
-        self.pairs = [(d, c) for d, c, name in rel if split == "all" or splits.get(name, "train") == split]
-        if not self.pairs:
-            raise PairError(f"pair folder {folder} has no pairs in split {split!r}")
+        rel = [(d, c, name) for d, c, name in rel if split == "all" or splits.get(name, "train") == split]
+        flagged = flagged_pairs(folder) if skip_flagged else {}
+        self.skipped = {name: flagged[name] for _, _, name in rel if name in flagged}
+        if self.skipped:  # a misaligned or mismatched target teaches blur: said, never trained on
+            warnings.warn(f"pair folder {folder}: skipping {len(self.skipped)} pairs flagged by check-pairs: "
+                          + "; ".join(f"{n} ({r})" for n, r in list(self.skipped.items())[:10])
+                          + (" ..." if len(self.skipped) > 10 else ""), FlaggedPairsWarning, stacklevel=2)
+        rel = [(d, c, name) for d, c, name in rel if name not in self.skipped]
+        if not rel:
+            raise PairError(f"pair folder {folder} has no pairs in split {split!r}"
+                            + (f" that check-pairs did not flag (flagged: {_names(self.skipped)})"
+                               if self.skipped else ""))
+        self.pairs = [(d, c) for d, c, _ in rel]
+        self.names = [name for _, _, name in rel]
         self.size = size
         self.folder = folder
+        states = [valid_mask_state(folder, name, c) for _, c, name in rel]
+        self.has_valid = [state == "current" for state in states]
+        stale = [name for name, state in zip(self.names, states) if state == "stale"]
+        if stale:  # the photo was replaced after aligning: its mask marks another image's pixels
+            warnings.warn(f"pair folder {folder}: ignoring validity masks made for other photos than the ones in "
+                          f"clean/ now (run `check-pairs --align` again): {_names(f'valid/{n}.png' for n in stale)}",
+                          StaleValidMaskWarning, stacklevel=2)
 
     def mask_path(self, index: int) -> Path:
         return (self.folder / "mask" / self.pairs[index][0].relative_to(self.folder / "degraded")).with_suffix(".png")
@@ -65,14 +101,23 @@ class PairDataset:
         return read_image(d).rgb, read_image(c).rgb
 
     def load_mask(self, index: int, shape: tuple) -> np.ndarray:
-        path = self.mask_path(index)
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
-        if mask is None:  # real paired renders have no masks: every pixel weighs the same
-            return np.zeros(shape[:2] + (1,), np.float32)
-        return (mask.astype(np.float32) / 255)[..., None]
+        """(H, W, 2) float32: the damage mask (zeros without one: real paired renders weigh every pixel the same)
+        and the validity (ones without a current valid/NAME.png)."""
+        out = np.zeros(shape[:2] + (2,), np.float32)
+        out[..., 1] = 1
+        for channel, path in ((0, self.mask_path(index)),
+                              (1, valid_path(self.folder, self.names[index]) if self.has_valid[index] else None)):
+            mask = _grey(path) if path is not None and path.is_file() else None
+            if mask is None:
+                continue
+            if mask.shape != tuple(shape[:2]):
+                raise PairError(f"{path} is {mask.shape[1]}x{mask.shape[0]}, its pair {shape[1]}x{shape[0]}")
+            out[..., channel] = mask.astype(np.float32) / 255
+        return out
 
     def sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(3, size, size) degraded and clean, (1, size, size) mask; random crop + flip with `rng`, centre without."""
+        """(3, size, size) degraded and clean, (2, size, size) damage mask and validity; random crop + flip with
+        `rng`, centre without."""
         degraded, clean = self.load(index)
         mask = self.load_mask(index, clean.shape)
         h, w = clean.shape[:2]
@@ -100,6 +145,11 @@ class PairDataset:
             order = np.random.default_rng([seed, epoch]).permutation(n)
             samples.append(self.sample(int(order[pos]), np.random.default_rng([seed, k, 7])))
         return tuple(torch.stack(t) for t in zip(*samples))
+
+
+def _grey(path: Path) -> np.ndarray | None:
+    """8-bit grey, or None when it cannot be decoded (imdecode: non-ASCII paths work on Windows too)."""
+    return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
 
 
 class MicroBatches(torch.utils.data.Dataset):

@@ -3,6 +3,7 @@
 list (left by an earlier run, or copied in) are named and never trained on."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,31 @@ class PairReport:
         for path, reason in self.unreadable[:10]:
             lines.append(f"unreadable {path}: {reason}")
         return "\n".join(lines)
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size, modification time and content hash: `matches_fingerprint` trusts size + mtime when both are unchanged
+    and falls back to the hash when the time differs (a copied or moved folder keeps its checks)."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+
+
+def matches_fingerprint(path: Path, fingerprint: dict) -> bool:
+    try:
+        st = path.stat()
+        if st.st_size != fingerprint.get("size"):
+            return False
+        return st.st_mtime_ns == fingerprint.get("mtime_ns") or _sha256(path) == fingerprint.get("sha256")
+    except OSError:
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _images(folder: Path) -> dict:
@@ -84,6 +110,8 @@ def validate_pairs(folder: str | Path) -> PairReport:
     from PIL import Image
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"pair folder {folder} does not exist (or is not a folder)")
     for sub in ("degraded", "clean"):
         if not (folder / sub).is_dir():
             raise ValueError(f"pair folder {folder} has no {sub}/ subfolder (expected {folder}/degraded/NAME and "

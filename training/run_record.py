@@ -3,12 +3,15 @@ resume changes none of them (Adam's moments, the scheduler's step and the RNG co
 another learning rate, base, prompt or data would silently train a mix of two runs).
 
 Free to change on resume, because they change how long the run goes or how it is watched, not what a step computes:
-the step counts (`steps`: the learning rate then follows the schedule of the new length from where the run stands;
-`stop_after`), the logging and checkpoint intervals (`save_every`, `sample_every`, `eval_every`), the loader's worker
-count (a batch is a function of seed and index in any worker), gradient checkpointing (it recomputes the same forward)
-and where things are: `out`, and `pairs`, `base`, `vgg_weights`, which are compared by what they hold instead (the
-fingerprints of the pairs, of the base weights and of the VGG weights), so a moved folder resumes and a regenerated
-one does not. Everything else is compared, the number of processes included; a deliberate change is a new run.
+the step counts (`steps`: the learning rate then follows the schedule of the new length from where the run stands,
+its warmup kept as the run started it; `stop_after`), the logging and checkpoint intervals (`save_every`,
+`sample_every`, `eval_every`), the loader's worker count (a batch is a function of seed and index in any worker),
+gradient checkpointing (it recomputes the same forward), the licence acceptance (it changes no step), and where things
+are: `out`, and `pairs`, `base`, `vgg_weights`, `init`, `synthetic_pairs`, which are compared by what they hold
+instead (the fingerprints of the pairs, of the base weights, of the VGG weights, of the init restorer's weights and
+of the synthetic pairs), so a moved folder resumes and a regenerated one does not. `warmup` is compared as the
+effective warmup (`warmup_steps`), so `--warmup 10` resumes a run whose implicit warmup was 10. Everything else is
+compared, the number of processes included; a deliberate change is a new run.
 """
 from __future__ import annotations
 
@@ -18,8 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 FREE_ON_RESUME = frozenset({"steps", "stop_after", "save_every", "sample_every", "eval_every", "workers",
-                            "gradient_checkpointing", "out", "pairs", "base", "vgg_weights"})
-FINGERPRINT_OF = {"base_fingerprint": "base", "pairs_fingerprint": "pairs", "vgg_fingerprint": "vgg_weights"}
+                            "gradient_checkpointing", "out", "pairs", "base", "vgg_weights", "init", "synthetic_pairs",
+                            "accept_license", "warmup"})
+FINGERPRINT_OF = {"base_fingerprint": "base", "pairs_fingerprint": "pairs", "vgg_fingerprint": "vgg_weights",
+                  "init_fingerprint": "init", "synthetic_fingerprint": "synthetic_pairs"}
+# what a run recorded before these settings existed trained with
+RECORDED_LATER = {"synthetic_share": 0.3, "init_fingerprint": "", "synthetic_fingerprint": ""}
 
 
 class RunMismatch(ValueError):
@@ -48,9 +55,19 @@ def weights_fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-def run_record(cfg, *, base_fingerprint: str, pairs_fingerprint: str, vgg_fingerprint: str, processes: int) -> dict:
+def run_record(cfg, *, base_fingerprint: str, pairs_fingerprint: str, vgg_fingerprint: str, processes: int,
+               warmup_steps: int, init_fingerprint: str = "", synthetic_fingerprint: str = "") -> dict:
     return asdict(cfg) | {"base_fingerprint": base_fingerprint, "pairs_fingerprint": pairs_fingerprint,
-                          "vgg_fingerprint": vgg_fingerprint, "processes": processes}
+                          "vgg_fingerprint": vgg_fingerprint, "processes": processes, "warmup_steps": warmup_steps,
+                          "init_fingerprint": init_fingerprint, "synthetic_fingerprint": synthetic_fingerprint}
+
+
+def read_record(path: Path) -> dict:
+    """A run's config.json, with the settings added since it was written filled in as that run had them."""
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if "base_fingerprint" in recorded:
+        recorded = RECORDED_LATER | {"warmup_steps": recorded.get("warmup")} | recorded
+    return recorded
 
 
 def check_resume(path: Path, record: dict, log=print) -> None:
@@ -58,7 +75,7 @@ def check_resume(path: Path, record: dict, log=print) -> None:
 
     Only the keys of `record` are compared, so `fit` can check a finished run's plain settings without loading the
     base to fingerprint it."""
-    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    recorded = read_record(path)
     if "base_fingerprint" not in recorded:
         log(f"{path.parent} has no recorded configuration (started before runs recorded one), so this resume cannot "
             f"be checked against it; recording this invocation's settings")

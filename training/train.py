@@ -1,6 +1,7 @@
 """`python -m training train`: fine-tune the restorer on pairs, top to bottom.
 
-Recipe (defaults): L1 x0.5 + LPIPS-VGG x1.0 + Gram x0.07; AdamW lr 5e-5, 500 warmup steps then linear decay to 0;
+Recipe (defaults): L1 x0.5 + LPIPS-VGG x1.0 + Gram x0.07; AdamW lr 5e-5, a linear warmup of a tenth of the run (at
+most 500 steps; `--warmup N` sets it) then linear decay to 0 (a fixed 500 left a 6-step run at 6/500 of its rate);
 skip dropout 0.3; 512x512 random crops and flips; mixed precision through Accelerate's autocast with the trainable
 parameters and AdamW's state kept in fp32 (img2img-turbo casts the weights themselves to fp16, which breaks
 training). Multi-GPU: `accelerate launch -m training train ...`; each process takes its own micro-batches.
@@ -11,6 +12,9 @@ JSON lines (`losses.jsonl`, what the report plots), sample grids and `config.jso
 fingerprints of its base, pairs and VGG weights (`run_record.py`; a resume with settings that change what a step
 computes is refused, naming them). Ctrl-C stops at the end of the current step, saves the state there and raises
 KeyboardInterrupt; running the same command again continues exactly.
+
+`--init WEIGHTS` starts from a restorer that already works instead of SD-Turbo (starting_point.py); `--synthetic-pairs
+DIR` mixes a share of synthetic pairs into the training batches (mixed_pairs.py).
 """
 from __future__ import annotations
 
@@ -28,15 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from engine.atomic import atomic_path, write_bytes_atomic
-from engine.weights.base import encode_prompt, load_base
-from engine.weights.checkpoint import CheckpointInfo, save_checkpoint
-from engine.weights.loading import build_restorer
-from engine.model import LoraSpec
+from engine.weights.checkpoint import save_checkpoint
+from engine.weights.loading import build_restorer  # noqa: F401 (starting_point builds through this name)
 
 from .dataset import PairDataset, batches
 from .memory_plan import measure_and_plan
+from .mixed_pairs import MixedPairs
 from .perceptual import PerceptualLoss
-from .run_record import check_resume, pairs_fingerprint, run_record, weights_fingerprint
+from .run_record import check_resume, pairs_fingerprint, read_record, run_record, weights_fingerprint
+from .starting_point import build_start, check_init_license
 
 DEFAULT_PROMPT = "a sharp, detailed, clean render of a face"
 
@@ -50,7 +54,7 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 1
     lr: float = 5e-5
-    warmup: int = 500
+    warmup: int | None = None  # None: a tenth of the steps, at most MAX_WARMUP (effective_warmup)
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     lambda_l1: float = 0.5
@@ -74,6 +78,28 @@ class TrainConfig:
     vgg_weights: str | None = None
     stop_after: int | None = None  # end this invocation after N steps (time-limited or preemptible jobs); resume later
     random_vgg: bool = False  # tests only
+    init: str | None = None  # a restorer that works to fine-tune (checkpoint, nvidia/difix, Difix folder)
+    accept_license: bool = False  # of the init's weights (NVIDIA's for Difix)
+    synthetic_pairs: str | None = None  # a pairs folder mixed into training batches at synthetic_share
+    synthetic_share: float = 0.3
+
+
+MAX_WARMUP = 500
+
+
+def effective_warmup(cfg: TrainConfig, recorded: dict | None = None) -> int:
+    """--warmup when given; else the warmup the run started with (a resume with more --steps keeps it, rather than
+    dropping a run already at full rate back into a longer warmup); else a tenth of --steps, at most MAX_WARMUP
+    (0 for runs under 10 steps: they train at the full rate from the first step)."""
+    if cfg.warmup is not None:
+        return cfg.warmup
+    if recorded and recorded.get("warmup_steps") is not None:
+        return int(recorded["warmup_steps"])
+    return min(MAX_WARMUP, cfg.steps // 10)
+
+
+def schedule_text(lr: float, warmup: int, steps: int) -> str:
+    return f"lr {lr:g}, warmup {warmup} of {steps} steps, then linear decay to 0"
 
 
 def lr_lambda(warmup: int, total: int):
@@ -85,10 +111,23 @@ def lr_lambda(warmup: int, total: int):
 
 
 def recipe_loss(pred, target, perceptual: PerceptualLoss, cfg: TrainConfig, mask=None) -> tuple[torch.Tensor, dict]:
-    if cfg.region_weight and mask is not None:
+    """`mask` (N, 1 or 2, H, W): channel 0 the damage weight (--region-weight), channel 1 the validity (PairDataset:
+    0 where `check-pairs --align` found no trustworthy target). Invalid pixels weigh 0 in L1, and the perceptual
+    terms see the (detached) prediction there instead of the target: LPIPS and Gram look at whole neighbourhoods and
+    cannot drop single pixels, but a target equal to the prediction asks for no change, and whatever the invalid
+    pixels held (a warp's smeared edge, something the render does not show) never reaches the loss."""
+    valid = mask[:, 1:2].float() if mask is not None and mask.shape[1] > 1 else None
+    if valid is not None and bool((valid < 1).any()):
+        guess = pred.detach().float()
+        target = (guess + valid * (target.float() - guess)).to(target.dtype)
+    else:
+        valid = None  # all valid: the plain loss, as before validity masks existed
+    weight = 1 + cfg.region_weight * mask[:, :1].float() if cfg.region_weight and mask is not None else None
+    if valid is not None:
+        weight = valid if weight is None else weight * valid
+    if weight is not None:
         # normalised by the mean weight, so the L1 term keeps its scale against LPIPS and Gram whatever the option
-        weight = 1 + cfg.region_weight * mask.float()
-        l1 = ((pred.float() - target.float()).abs() * weight).mean() / weight.mean()
+        l1 = ((pred.float() - target.float()).abs() * weight).mean() / weight.mean().clamp_min(1e-6)
     else:
         l1 = F.l1_loss(pred.float(), target.float())
     lpips, gram = perceptual(pred, target)
@@ -135,6 +174,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
+    init_recipe = check_init_license(cfg)  # before anything is loaded or written
+    if init_recipe is not None and cfg.prompt != DEFAULT_PROMPT:
+        raise ValueError(f"--prompt does not apply with --init: the run keeps the prompt embedding of {cfg.init} "
+                         f"({init_recipe.prompt!r})")
     out = Path(cfg.out)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -152,20 +195,32 @@ def train(cfg: TrainConfig, log=print) -> dict:
         test_data = train_data  # no held-out split: report on training pairs, and say so
         log("no 'test' split in the pairs; held-out numbers use training pairs")
 
-    base = load_base(cfg.base)
-    lora = LoraSpec(rank_unet=cfg.rank_unet, rank_vae=cfg.rank_vae, vae_scope=cfg.vae_lora_scope)
-    model = build_restorer(base, lora, prompt_embeds=encode_prompt(base.folder, cfg.prompt))
+    for data in {id(d): d for d in (train_data, test_data)}.values():  # the log keeps what a warning may not
+        for name, reason in data.skipped.items():
+            log(f"skipped pair {name} (flagged by check-pairs: {reason})")
+
+    synthetic = PairDataset(cfg.synthetic_pairs, "train", cfg.size) if cfg.synthetic_pairs else None
+    if synthetic is not None:
+        log(f"mixing {len(synthetic)} synthetic pairs from {cfg.synthetic_pairs} into the {len(train_data)} "
+            f"training pairs: {cfg.synthetic_share:.0%} of every batch's samples")
+
+    start = build_start(cfg, f"splat-restore training in {out}", log)
+    model = start.model
     model.set_trainable()
     model.skip_dropout = cfg.skip_dropout
     perceptual = PerceptualLoss(cfg.vgg_weights, random_init=cfg.random_vgg).to(acc.device)
-    record = run_record(cfg, base_fingerprint=base.fingerprint, vgg_fingerprint=weights_fingerprint(perceptual),
-                        pairs_fingerprint=pairs_fingerprint(train_data, test_data), processes=acc.num_processes)
     state_path, loss_log = out / "state.pt", out / "losses.jsonl"
+    warmup = effective_warmup(cfg, read_record(out / "config.json") if state_path.is_file() else None)
+    record = run_record(cfg, base_fingerprint=start.base_fingerprint, vgg_fingerprint=weights_fingerprint(perceptual),
+                        pairs_fingerprint=pairs_fingerprint(train_data, test_data), processes=acc.num_processes,
+                        warmup_steps=warmup, init_fingerprint=start.init_fingerprint,
+                        synthetic_fingerprint=pairs_fingerprint(synthetic) if synthetic else "")
     if state_path.is_file():  # before anything is loaded or written: a refused resume leaves the run as it was
         check_resume(out / "config.json", record, log)
+    log(f"schedule: {schedule_text(cfg.lr, warmup, cfg.steps)}")
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.steps))
     model, optimizer = acc.prepare(model, optimizer)
     core = acc.unwrap_model(model)
     checkpointing = cfg.gradient_checkpointing
@@ -178,8 +233,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if checkpointing:
         core.unet.enable_gradient_checkpointing()
         core.gradient_checkpointing = True
-    info = CheckpointInfo(lora=lora, restorer=core.config, base=base.name, base_fingerprint=base.fingerprint,
-                          prompt=cfg.prompt, source=f"splat-restore training in {out}")
+    info = start.info
 
     step = 0
     if state_path.is_file():
@@ -200,12 +254,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # the saved one stopped
     indices = [(s * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
                for s in range(step, stop_at) for micro in range(cfg.grad_accum)]
-    loader = iter(batches(train_data, cfg.seed, cfg.batch_size, indices, cfg.workers, acc.device.type == "cuda"))
+    mixed = MixedPairs(train_data, synthetic, cfg.synthetic_share) if synthetic is not None else train_data
+    loader = iter(batches(mixed, cfg.seed, cfg.batch_size, indices, cfg.workers, acc.device.type == "cuda"))
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     started, last = time.perf_counter(), {}
     with stop_on_interrupt() as interrupt:
         while step < stop_at:
+            lr = scheduler.get_last_lr()[0]  # the rate this step trains at (after scheduler.step(): the next one's)
             for micro in range(cfg.grad_accum):
                 x, y, m = (t.to(acc.device, non_blocking=True) for t in next(loader))
                 sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
@@ -218,8 +274,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            record = {f"train/{k}": v for k, v in last.items()} | {"lr": scheduler.get_last_lr()[0]}
+            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
+            record = {f"train/{k}": v for k, v in last.items()} | {"lr": lr}
             if acc.is_main_process:
                 if step % cfg.sample_every == 0 or step == cfg.steps:
                     save_sample_grid(out / "samples" / f"step-{step:06d}.png", core, test_data, acc.device)

@@ -3,6 +3,9 @@
 Tensor keys are the model's parameter names with peft's adapter name and `.base_layer` taken out
 (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`, `vae.decoder.skip_conv_1.weight`), so they do not depend
 on how the adapters were named when the file was written.
+
+A fine-tune of a restorer that works (`training --init`) holds only its new LoRA and the prompt embedding; its
+metadata's `init` names the restorer it starts from (weights/lineage.py rebuilds it from there).
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from ..atomic import atomic_path
 from ..model import LoraSpec, RestorerConfig, Pix2PixTurbo
 
 FORMAT = "splat-restore"
-FORMAT_VERSION = 1
+# 2: the `init` lineage. Files without one are still written as 1, so engines from before it read them; an older
+# engine given a fine-tune of an init says "update Splat Restore" instead of failing on its tensors.
+FORMAT_VERSION = 2
 META_KEY = "splat_restore"
 PROMPT_KEY = "prompt_embeds"
 
@@ -39,10 +44,13 @@ class CheckpointInfo:
     source: str = "splat-restore"
     notes: list = field(default_factory=list)
     license: str = ""
+    # for a fine-tune of another restorer: {"weights": its id (path or hub id), "fingerprint": of its weights,
+    # "source", "license", and "base" when it was loaded on another base than its own}; empty otherwise
+    init: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         d = asdict(self)
-        d.update(format=FORMAT, format_version=FORMAT_VERSION)
+        d.update(format=FORMAT, format_version=FORMAT_VERSION if self.init else 1)
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -55,7 +63,7 @@ class CheckpointInfo:
                              f"({FORMAT_VERSION}); update Splat Restore")
         return cls(lora=LoraSpec(**d["lora"]), restorer=RestorerConfig(**d["restorer"]), base=d["base"],
                    base_fingerprint=d["base_fingerprint"], prompt=d["prompt"], source=d.get("source", ""),
-                   notes=d.get("notes", []), license=d.get("license", ""))
+                   notes=d.get("notes", []), license=d.get("license", ""), init=d.get("init") or {})
 
 
 _ADAPTER_SEGMENT = re.compile(r"\.(lora_[AB]|lora_embedding_[AB])\.[^.]+\.")

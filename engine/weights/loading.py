@@ -9,7 +9,7 @@ import torch
 
 from blender_addon.engine_link.licenses import require_acceptance
 
-from . import published
+from . import lineage, published
 from .base import BaseModel, build_base_from_configs, load_base, resolve_base
 from .checkpoint import CheckpointError, CheckpointInfo, load_trainable_state, read_checkpoint, read_info
 from ..model import LoraSpec, RestorerConfig, Pix2PixTurbo, add_lora, add_skip_convs, alpha_bar, merge_lora
@@ -63,10 +63,13 @@ def check_license(weights: str | os.PathLike, accepted: bool) -> CheckpointInfo:
 
 def load_restorer(weights: str | os.PathLike, base: str | None = None, merge: bool = True,
                   check_base: bool = True, accept_license: bool = False) -> tuple[Pix2PixTurbo, CheckpointInfo]:
-    """The restorer `weights` describe (on `base`, else the checkpoint's own), LoRA merged unless `merge=False`.
+    """The restorer `weights` describe (on `base`, else the checkpoint's own; for a fine-tune of another restorer,
+    `base` names that init), LoRA merged unless `merge=False`.
     Weights under a licence load only when it was accepted (`accept_license` or the environment)."""
     info = check_license(weights, accept_license)
-    if is_checkpoint_file(weights):
+    if is_checkpoint_file(weights) and info.init:  # a fine-tune of another restorer: `base` names that init
+        model = lineage.load_finetuned(weights, info, base, check_base, accept_license)
+    elif is_checkpoint_file(weights):
         model, info = _load_checkpoint(weights, base, check_base)
     else:
         if base:
