@@ -5,6 +5,8 @@ The engine home (the extension's user folder, or the Folder Install Engine was g
     current        the id of the live venv, replaced (os.replace) only after the new venv passed its probe, so an
                    install that fails (no network, disk full, a pip error) leaves the previous engine as it was
     install.log    every command and pip line of the last install that ran
+Cancel kills the running command (pip and what it started) and deletes the new venv; `current` is never touched, so
+the previous engine stays exactly as it was. Once the swap has begun, Cancel is too late and the install completes.
 Each venv keeps INSTALLED: the stamp (what went in: the wheel, the pins, the constraints) and the probe (what came
 out: engine and torch versions, devices, whether CUDA works). Installing with the live stamp again does nothing.
 """
@@ -51,12 +53,42 @@ print(json.dumps(out))
 """
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kill `process` and what it started: pip runs build backends, and on Windows a venv's python.exe is a
+    launcher whose child is the real interpreter. Both would go on holding the output pipe (and the files)."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
+                       creationflags=NO_WINDOW)
+    else:  # started with start_new_session: its process group is its own
+        import signal
+
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        process.kill()
+    except OSError:
+        pass
+
+
+# start_new_session gives the child its own process group on POSIX, for kill_tree
+NEW_GROUP = {"creationflags": NO_WINDOW} if os.name == "nt" else {"start_new_session": True}
+
+
 class InstallFailed(RuntimeError):
     """What went wrong, with the tail of the failing command's output; the log has all of it."""
 
     def __init__(self, message: str, tail: str = "", log: Path | None = None):
         super().__init__(message + (f"\n{tail}" if tail else "") + (f"\n(full log: {log})" if log else ""))
         self.tail, self.log = tail, log
+
+
+class InstallCancelled(InstallFailed):
+    def __init__(self):
+        super().__init__("engine install cancelled; the previous engine is unchanged")
 
 
 @dataclass(frozen=True)
@@ -188,6 +220,21 @@ class Installer:
         self.home, self.wheel_dir, self.python, self.progress = Path(home), Path(wheel_dir), python, progress
         self.log = self.home / "install.log"
         self.tail = deque(maxlen=15)
+        self.cancelled = threading.Event()
+        self._process: subprocess.Popen | None = None
+        self._swap = threading.Lock()  # Cancel and the switch to the new venv exclude each other
+        self._swapped = False
+
+    def cancel(self) -> bool:
+        """Stop the install and drop its venv, keeping the previous engine; False when it is too late (the new
+        engine is already live)."""
+        with self._swap:
+            if self._swapped:
+                return False
+            self.cancelled.set()
+            if self._process is not None:
+                kill_tree(self._process)
+            return True
 
     def wanted(self) -> tuple[list[Step], dict]:
         wheel, constraints = bundled_wheel(self.wheel_dir), bundled_constraints(self.wheel_dir)
@@ -215,6 +262,10 @@ class Installer:
                     self._run(step.phase, [python, *step.args])
                 probe = self._probe(python)
             (venv / INSTALLED).write_text(json.dumps({"stamp": wanted, "probe": probe}, indent=1), encoding="utf-8")
+            with self._swap:
+                if self.cancelled.is_set():
+                    raise InstallCancelled()
+                self._swapped = True
             before_swap()
             pointer = self.home / "current.partial"
             pointer.write_text(venv.name, encoding="utf-8")
@@ -244,9 +295,12 @@ class Installer:
         self._log.write(f"== {phase}\n+ {subprocess.list2cmdline(cmd)}\n")
         self._log.flush()
         self.tail.clear()
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   text=True, encoding="utf-8", errors="replace", env=subprocess_env(),
-                                   cwd=self.home, creationflags=NO_WINDOW)
+        with self._swap:
+            if self.cancelled.is_set():
+                raise InstallCancelled()
+            process = self._process = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                encoding="utf-8", errors="replace", env=subprocess_env(), cwd=self.home, **NEW_GROUP)
         with process:
             for line in process.stdout:
                 line = line.rstrip()
@@ -254,6 +308,10 @@ class Installer:
                 if line.strip():
                     self.tail.append(line)
                     self.progress(phase, line)
+        self._process = None
+        if self.cancelled.is_set():
+            self._log.write("cancelled\n")
+            raise InstallCancelled()
         if process.returncode != 0:
             self._log.write(f"exit code {process.returncode}\n")
             self._log.flush()
@@ -303,6 +361,13 @@ class InstallJob:
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
+
+    def cancel(self) -> bool:
+        return self.installer.cancel()
+
+    @property
+    def cancelling(self) -> bool:
+        return self.installer.cancelled.is_set() and not self.done
 
     @property
     def done(self) -> bool:

@@ -3,15 +3,16 @@
 Interactive installs run on a thread and an app timer redraws the preferences with the phase and pip's last line, so
 Blender stays responsive for the minutes torch takes; the timer, unlike a modal operator's, survives the preferences
 window being closed. In background mode (blender -b, scripts) the operator blocks and prints progress, because timers
-never fire there.
+never fire there. Cancel kills pip and drops the new venv: the engine in use stays exactly as it was. Nothing runs
+unless Blender's online access is on (pip downloads), checked by the operator itself so scripts are refused too.
 """
 import sys
 from pathlib import Path
 
 import bpy
 
-from . import engine_install
-from .engine_install import InstallFailed, Installer, InstallJob
+from . import engine_install, online
+from .engine_install import InstallCancelled, InstallFailed, Installer, InstallJob
 from .state import MANAGER
 
 WHEEL_DIR = Path(__file__).resolve().parent / "engine_wheel"
@@ -20,6 +21,7 @@ WHEEL_DIR = Path(__file__).resolve().parent / "engine_wheel"
 class InstallState:
     job = None  # InstallJob while an interactive install runs
     error = ""  # the last install's failure, with pip's tail, shown until the next install
+    note = ""  # the last install's cancellation, shown until the next install
 
 
 def engine_home() -> Path:
@@ -64,7 +66,15 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
         python = bpy.path.abspath(chosen) if chosen else sys.executable
         return Installer(_chosen_folder(self, context), WHEEL_DIR, python)
 
+    def _refused(self) -> bool:
+        refusal = online.refusal("Install Engine")
+        if refusal:
+            self.report({"ERROR"}, f"Splat Restore: {refusal}")
+        return bool(refusal)
+
     def execute(self, context):
+        if self._refused():
+            return {"CANCELLED"}
         shown = [""]
 
         def echo(phase, line):
@@ -81,10 +91,13 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
     def invoke(self, context, event):
         if bpy.app.background:
             return self.execute(context)
+        if self._refused():
+            return {"CANCELLED"}
         if InstallState.job is not None:
             self.report({"WARNING"}, "Splat Restore: an engine install is already running")
             return {"CANCELLED"}
-        InstallState.job, InstallState.error = InstallJob(self._installer(context), self.force, MANAGER.stop), ""
+        InstallState.job = InstallJob(self._installer(context), self.force, MANAGER.stop)
+        InstallState.error = InstallState.note = ""
         InstallState.job.start()
         bpy.app.timers.register(_follow_install, first_interval=0.25)
         self.report({"INFO"}, "Splat Restore: installing the engine; progress in the add-on's preferences")
@@ -101,7 +114,9 @@ class SPLATRESTORE_OT_install_engine(bpy.types.Operator):
 
 def _outcome(job) -> str:
     """How the install ended; a successful one becomes the engine in use, wherever it went."""
-    InstallState.error = str(job.error) if job.error is not None else ""
+    cancelled = isinstance(job.error, InstallCancelled)
+    InstallState.error = str(job.error) if job.error is not None and not cancelled else ""
+    InstallState.note = str(job.error) if cancelled else ""
     if job.error is not None:
         return f"Splat Restore: {job.error}"
     home = job.installer.home
@@ -123,6 +138,23 @@ def _follow_install():
     print(_outcome(job))
     InstallState.job = None
     return None
+
+
+class SPLATRESTORE_OT_cancel_install(bpy.types.Operator):
+    """Stop the install: pip is stopped and its new environment deleted; the engine in use stays as it was"""
+    bl_idname = "splat_restore.cancel_install"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        job = InstallState.job
+        if job is None:
+            self.report({"WARNING"}, "Splat Restore: no engine install is running")
+            return {"CANCELLED"}
+        if not job.cancel():
+            self.report({"WARNING"}, "Splat Restore: too late to cancel: the new engine is being switched in")
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Splat Restore: cancelling the engine install")
+        return {"FINISHED"}
 
 
 class SPLATRESTORE_OT_remove_engine(bpy.types.Operator):
@@ -163,31 +195,40 @@ def draw_engine_box(layout, prefs):
     box = layout.box()
     job = InstallState.job
     if job is not None:
-        box.label(text=f"{job.phase}...", icon="SORTTIME")
+        row = box.row()
+        row.label(text="Cancelling..." if job.cancelling else f"{job.phase}...", icon="SORTTIME")
+        row.operator("splat_restore.cancel_install", icon="CANCEL")
         if job.line:
             box.label(text=job.line[-120:])
         return
+    refusal = online.refusal("Install Engine")
     home = engine_folder(prefs)
     current = engine_install.installed(home)
     for line in engine_status(prefs):
         box.label(text=line, icon="CHECKMARK" if current else "INFO")
+    if refusal:
+        box.label(text=refusal, icon="ERROR")
     row = box.row()
+    install = row.row()
+    install.enabled = not refusal  # pip goes online
     if not WHEEL_DIR.is_dir():
-        row.label(text="This add-on carries no engine: install the zip `python build.py addon` makes")
+        install.label(text="This add-on carries no engine: install the zip `python build.py addon` makes")
     elif not current:
-        row.operator("splat_restore.install_engine", icon="IMPORT")
+        install.operator("splat_restore.install_engine", icon="IMPORT")
     elif not Installer(home, WHEEL_DIR, "").up_to_date():
-        row.operator("splat_restore.install_engine", text="Update Engine", icon="FILE_REFRESH")
+        install.operator("splat_restore.install_engine", text="Update Engine", icon="FILE_REFRESH")
     else:
-        row.operator("splat_restore.install_engine", text="Reinstall Engine", icon="FILE_REFRESH").force = True
+        install.operator("splat_restore.install_engine", text="Reinstall Engine", icon="FILE_REFRESH").force = True
     if current:
         row.operator("splat_restore.remove_engine", icon="TRASH")
     box.prop(prefs, "install_python")
     for line in InstallState.error.splitlines()[-8:]:
         box.label(text=line, icon="ERROR")
+    if InstallState.note:
+        box.label(text=InstallState.note, icon="INFO")
 
 
-CLASSES = (SPLATRESTORE_OT_install_engine, SPLATRESTORE_OT_remove_engine)
+CLASSES = (SPLATRESTORE_OT_install_engine, SPLATRESTORE_OT_cancel_install, SPLATRESTORE_OT_remove_engine)
 
 register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 
@@ -195,4 +236,6 @@ register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 def unregister():
     if bpy.app.timers.is_registered(_follow_install):  # the add-on is going: its timer must not outlive it
         bpy.app.timers.unregister(_follow_install)
+    if InstallState.job is not None:  # nor its pip: the previous engine stays
+        InstallState.job.cancel()
     _unregister_classes()

@@ -1,9 +1,15 @@
-"""Add-on preferences: the engine interpreter, weights, device and speed settings, time limits; engine status."""
+"""Add-on preferences: the engine interpreter, weights, device and speed settings, time limits; engine status; the
+Models box (models_box.py) with the Hugging Face cache folder and access token.
+
+The access token is an add-on preference, so Blender keeps it in userpref.blend (the user's preferences, saved when
+they are) and never in a scene's .blend: add-on preferences are not scene data. It goes to the fetch process only,
+in its environment, never on a command line, into a log or a report."""
 import bpy
 
-from . import devices
+from . import devices, models_box
 from .engine_setup import draw_engine_box, installed_engine_python
 from .engine_link.client import EngineSettings
+from .engine_link.hub_cache import hf_home_env
 from .engine_link.licenses import ACCEPT_ENV, NVIDIA_DIFIX
 from .engine_link.weights import DIFIX_HUB_ID, MODELS
 from .engine_manager import default_engine_python
@@ -51,8 +57,8 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
                                       description="Restorer checkpoint (.safetensors)")
     difix_weights: bpy.props.StringProperty(
         name="Difix Weights", default=DIFIX_HUB_ID,
-        description=f"{DIFIX_HUB_ID} (from the Hugging Face cache: `python -m engine fetch {DIFIX_HUB_ID}`) or a "
-                    f"folder in its published layout")
+        description=f"{DIFIX_HUB_ID} (or nvidia/difix_ref) from the Hugging Face cache (Fetch it in the Models "
+                    f"box), or a folder in its published layout")
     accept_license: bpy.props.BoolProperty(
         name=f"I accept the {NVIDIA_DIFIX.name} (non-commercial use only)", default=False,
         description=f"{NVIDIA_DIFIX.describe()}")
@@ -77,6 +83,14 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
     startup_timeout: bpy.props.FloatProperty(
         name="Start-up Limit", default=300.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
         description="Seconds the engine may take to load the model before it is stopped with an error")
+    hf_home: bpy.props.StringProperty(
+        name="Hugging Face Cache", subtype="DIR_PATH",
+        description="Where fetched models are kept (HF_HOME for every engine process); empty: Hugging Face's own "
+                    "($HF_HOME, else ~/.cache/huggingface)")
+    hf_token: bpy.props.StringProperty(
+        name="Access Token", subtype="PASSWORD",
+        description="A Hugging Face token for gated or private repositories; given to Fetch only (as HF_TOKEN). "
+                    "Kept in Blender's user preferences, never in .blend files")
     stall_timeout: bpy.props.FloatProperty(
         name="Per-Frame Limit", default=600.0, min=1.0, subtype="TIME_ABSOLUTE", unit="TIME_ABSOLUTE",
         description="Seconds the engine may go without finishing a frame (while frames are waiting) before it "
@@ -96,6 +110,7 @@ class SPLATRESTORE_AP_preferences(bpy.types.AddonPreferences):
     def draw(self, context):
         layout = self.layout
         draw_engine_box(layout, self)
+        models_box.draw_models_box(layout, self)
         layout.prop(self, "engine_python")
         if not self.engine_python:
             layout.label(text=f"Using: {default_engine_python(installed_engine_python(self)) or 'nothing found'}")
@@ -156,9 +171,26 @@ def engine_settings(context=None) -> EngineSettings:
     return EngineSettings(python=python, weights=weights, accept_license=difix and prefs.accept_license,
                           base="" if difix else prefs.base, device=prefs.device or "auto", batch_size=prefs.batch_size,
                           tile=prefs.tile, min_face=prefs.min_face, compile=prefs.compile,
-                          startup_timeout=prefs.startup_timeout, stall_timeout=prefs.stall_timeout)
+                          startup_timeout=prefs.startup_timeout, stall_timeout=prefs.stall_timeout,
+                          env=engine_env(prefs))
+
+
+def engine_env(prefs) -> dict:
+    """What the engine's environment gets: the chosen Hugging Face cache, and no hub access at all (restores read
+    the cache only; Fetch is the one that goes online)."""
+    return {**hf_home_env(models_box.hf_home(prefs)), "HF_HUB_OFFLINE": "1"}
 
 
 CLASSES = (SPLATRESTORE_AP_preferences, SPLATRESTORE_OT_refresh_devices)
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register():
+    _register_classes()
+    models_box.register()
+
+
+def unregister():
+    models_box.unregister()
+    _unregister_classes()

@@ -37,6 +37,9 @@ def resolve_base(base: str | os.PathLike | None, role: str = "base model") -> Pa
                              f"vae/, or a hub id like {DEFAULT_BASE})")
     from huggingface_hub import snapshot_download
 
+    from .fetch import refuse_interrupted
+
+    refuse_interrupted(base, role)  # the hub's lookup may take a half-fetched snapshot for whole
     try:
         folder = Path(snapshot_download(base, allow_patterns=FETCH_PATTERNS, local_files_only=True))
     except Exception as e:  # the hub raises several types for "not cached"; all mean the same to a user
@@ -47,16 +50,15 @@ def resolve_base(base: str | os.PathLike | None, role: str = "base model") -> Pa
     return folder
 
 
-def fetch_base(base: str = DEFAULT_BASE) -> Path:
-    """Download what the engine needs of a hub base into the HF cache (with progress bars)."""
-    from huggingface_hub import snapshot_download
+def fetch_base(base: str = DEFAULT_BASE, emit=lambda event: None) -> Path:
+    """Download what the engine needs of a hub model into the HF cache, continuing an interrupted download;
+    `emit` hears its progress events (weights/fetch.py)."""
+    from .fetch import fetch
 
-    try:
-        return Path(snapshot_download(base, allow_patterns=FETCH_PATTERNS))
-    except Exception as e:
-        raise BaseModelError(f"could not download {base!r} from the Hugging Face hub: {e}. Check the network "
-                             f"(and HF_TOKEN for gated models), or copy a diffusers folder here and pass "
-                             f"--base PATH") from None
+    if not looks_like_hub_id(base):
+        raise BaseModelError(f"{base!r} is not a hub id (org/name, like {DEFAULT_BASE}): fetch downloads from the "
+                             f"Hugging Face hub; a local folder needs no fetch")
+    return fetch(base, emit)
 
 
 def _cache_dir() -> str:

@@ -32,6 +32,7 @@ def timed(op, **kw):
 
 
 bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.context.preferences.system.use_online_access = True  # Install Engine runs pip only with online access
 assert bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
                                                 enable_on_install=True) == {"FINISHED"}
 package = "bl_ext.user_default.splat_restore"

@@ -19,6 +19,14 @@ from blender_addon.engine_install import PROBE as REAL_PROBE  # before a fixture
 TORCH_PIN = "torch==2.13.0"
 
 
+@pytest.fixture(autouse=True)
+def online_access():
+    """Install Engine runs pip only when Blender's online access is on."""
+    bpy.context.preferences.system.use_online_access = True
+    yield
+    bpy.context.preferences.system.use_online_access = False
+
+
 @pytest.fixture(scope="session")
 def installed(tiny_weights, tmp_path_factory):
     work = tmp_path_factory.mktemp("install_engine")
@@ -203,3 +211,51 @@ def test_an_install_whose_new_engine_fails_its_probe_leaves_the_engine_in_use(ca
     assert "No module named 'torch'" in InstallState.error  # why, shown in the preferences
     assert engine_settings().python == in_use and addon.engine_folder == str(working)
     assert canned_install.engine_python(broken) == "" and list((broken / "envs").iterdir()) == []
+
+
+SLOW_PIP = """
+import subprocess, sys
+print("Collecting torch", flush=True)
+# a child that holds the output pipe, as pip's build backends do: Cancel must stop it too
+subprocess.run([sys.executable, "-c", "import time; time.sleep(120)"])
+"""
+
+
+def test_cancel_stops_pip_and_keeps_the_engine_in_use_exactly_as_it_was(canned_install, addon, tmp_path,
+                                                                       monkeypatch):
+    import time
+
+    from blender_addon.engine_install import Installer, InstallJob, Step
+    from blender_addon.engine_setup import WHEEL_DIR, InstallState, _follow_install
+    from blender_addon.preferences import engine_settings
+
+    working = tmp_path / "my engines"
+    bpy.ops.splat_restore.install_engine(target=str(working))
+    in_use, envs = engine_settings().python, sorted((working / "envs").iterdir())
+    pointer = (working / "current").read_bytes()
+    monkeypatch.setattr(canned_install, "install_steps", lambda *args, **kw: [
+        Step("Installing PyTorch (torch==2.13.0)", ("-c", SLOW_PIP))])
+    InstallState.job = job = InstallJob(Installer(working, WHEEL_DIR, sys.executable), force=True)
+    job.start()
+    deadline = time.monotonic() + 60
+    while job.line != "Collecting torch":
+        assert time.monotonic() < deadline and not job.done, job.error
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert bpy.ops.splat_restore.cancel_install() == {"FINISHED"}
+    job.thread.join(30)
+    assert not job.thread.is_alive() and time.monotonic() - started < 10  # its child did not keep it waiting
+    assert _follow_install() is None  # as the timer would
+    assert InstallState.note == "engine install cancelled; the previous engine is unchanged"
+    assert InstallState.error == "" and InstallState.job is None
+    assert engine_settings().python == in_use and addon.engine_folder == str(working)
+    assert (working / "current").read_bytes() == pointer and sorted((working / "envs").iterdir()) == envs
+    assert "cancelled" in (working / "install.log").read_text()
+
+
+def test_install_engine_is_refused_while_online_access_is_off(canned_install, tmp_path):
+    bpy.context.preferences.system.use_online_access = False
+    with pytest.raises(RuntimeError, match="Install Engine needs the internet, and Blender's online access is off: "
+                                           "turn it on in Preferences > System > Network > Allow Online Access"):
+        bpy.ops.splat_restore.install_engine(target=str(tmp_path / "engine"))
+    assert not (tmp_path / "engine").exists()
