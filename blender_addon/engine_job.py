@@ -4,6 +4,7 @@ import threading
 from pathlib import Path
 
 from .engine_link.client import EngineDied, EngineError
+from .reference_photo import request_options
 from .state import MANAGER
 
 
@@ -13,8 +14,9 @@ class EngineJob:
     had not reported decided: a frame it wrote is not restored again (with Overwrite that is its whole restore time
     again; with Skip it would come back "skipped: already restored")."""
 
-    def __init__(self, settings, items: list, options: dict):
+    def __init__(self, settings, items: list, options: dict, reference: str = ""):
         self.settings, self.items, self.options = settings, items, options
+        self.reference = reference  # the scene's Reference Photo: sent when the engine's weights take one
         self.decided: list[dict] = []  # the outcomes an engine reported before it died
         self.request = None
         self.result = None
@@ -44,7 +46,7 @@ class EngineJob:
         return [i for i in self.items if str(Path(i["output"] if isinstance(i, dict) else i[1])) not in told]
 
     def send(self, client):
-        return client.restore(self.undecided(), **self.options)
+        return client.restore(self.undecided(), **self.options, **request_options(self.reference, client))
 
     def answer(self, result: dict) -> dict:
         """The engine's answer together with what an engine that died had reported: one run's answer."""

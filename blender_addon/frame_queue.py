@@ -14,6 +14,7 @@ from pathlib import Path
 from .engine_link.client import EngineClient, EngineDied, EngineError, EngineSettings
 from .engine_manager import EngineManager
 from .output_paths import RESTORED_FOLDER, check_restored_folder, restored_path
+from .reference_photo import request_options
 
 
 @dataclass
@@ -49,11 +50,13 @@ def new_sequence() -> str:
 class FrameQueue:
     """The frames of one render. `in_place` alone decides whether a frame may be replaced; otherwise it goes to
     `folder` beside it (checked by check_restored_folder before the render starts). `temporal`: the frames are one
-    animation, sent numbered so the engine fuses each with the last."""
+    animation, sent numbered so the engine fuses each with the last. `reference`: the scene's Reference Photo, sent
+    with each frame when the engine's weights take one."""
 
     def __init__(self, manager: EngineManager, settings: EngineSettings, max_restarts: int = 1, faces: str = "auto",
-                 in_place: bool = False, folder: str = RESTORED_FOLDER, temporal: bool = False):
+                 in_place: bool = False, folder: str = RESTORED_FOLDER, temporal: bool = False, reference: str = ""):
         self.manager, self.settings, self.max_restarts, self.faces = manager, settings, max_restarts, faces
+        self.reference = reference
         self.in_place, self.folder = in_place, folder if in_place else check_restored_folder(folder)
         self.pending: list = []  # (src, dst, EngineClient, Request)
         self.report = QueueReport()
@@ -82,11 +85,11 @@ class FrameQueue:
         try:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             client = self._client()
-            request = client.restore([(src, dst)], **options)
+            request = client.restore([(src, dst)], **options, **request_options(self.reference, client))
         except EngineDied:  # it died between two frames: one restart, then this frame again
             try:
                 client = self._client()
-                request = client.restore([(src, dst)], **options)
+                request = client.restore([(src, dst)], **options, **request_options(self.reference, client))
             except EngineError as e:
                 self.report.failed.append((src, str(e)))
                 return

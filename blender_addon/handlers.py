@@ -8,6 +8,7 @@ from .exit_status import FAILURES, fail_on_errors
 from .frame_queue import FrameQueue
 from .output_paths import newest_existing
 from .preferences import engine_settings
+from .properties import reference_photo
 from .state import MANAGER, RenderState
 
 # scene-linear float formats: the model works on display-referred sRGB (see README, "Float / EXR input")
@@ -36,7 +37,7 @@ def on_render_init(scene, *_):
             raise ValueError(f"{fmt} frames are not restored (scene-linear float; the restorer works on "
                              f"display-referred sRGB). Render PNG or TIFF, 8 or 16 bit")
         RenderState.queue = FrameQueue(MANAGER, engine_settings(), faces=settings.faces, in_place=settings.in_place,
-                                       folder=settings.folder,
+                                       folder=settings.folder, reference=reference_photo(scene),
                                        temporal=settings.temporal)  # each written frame sent numbered
     except ValueError as e:  # refused before the first frame, so nothing is written anywhere
         RenderState.last_report = f"Splat Restore: {e}"

@@ -10,6 +10,7 @@ from .engine_job import EngineJob
 from .engine_link.client import EngineError
 from .folder_restore import folder_items, sequence_items
 from .preferences import engine_settings
+from .properties import reference_photo
 from .state import MANAGER, RenderState
 
 RESTORED_IMAGE = "Restored Render"
@@ -28,7 +29,7 @@ class _ModalEngineOperator:
         restore = self._prepare_or_report(context)
         if restore is None:
             return {"CANCELLED"}
-        job = EngineJob(engine_settings(context), *restore)
+        job = EngineJob(engine_settings(context), *restore, reference_photo(context.scene))
         job.run()
         return self._conclude(context, job)
 
@@ -38,7 +39,7 @@ class _ModalEngineOperator:
         restore = self._prepare_or_report(context)
         if restore is None:
             return {"CANCELLED"}
-        self._job = EngineJob(engine_settings(context), *restore)
+        self._job = EngineJob(engine_settings(context), *restore, reference_photo(context.scene))
         self._job.start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)

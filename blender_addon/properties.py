@@ -47,6 +47,17 @@ class SplatRestoreSceneSettings(bpy.types.PropertyGroup):
                ("only-crops", "Face Crops", "Write each restored face crop (NAME_face0.png, ...) instead of the "
                                             "frame, to inspect them")],
         description="How frames are restored")
+    reference_photo: bpy.props.StringProperty(
+        name="Reference Photo", subtype="FILE_PATH",
+        description="A sharp photo of the person (one the avatar was built from), given beside every frame to "
+                    "weights that take one (NVIDIA Difix-ref, or weights trained with --reference), so restored "
+                    "detail follows the real face. Used by Restore Render, Restore Every Frame and Restore Folder")
+
+
+def reference_photo(scene) -> str:
+    """The scene's Reference Photo as a path the engine can open ("" for none): a blend-relative // path resolved."""
+    photo = scene.splat_restore.reference_photo.strip()
+    return bpy.path.abspath(photo) if photo else ""
 
 
 def register():

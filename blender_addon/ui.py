@@ -6,6 +6,8 @@ import bpy
 
 from .engine_setup import InstallState
 from .output_paths import check_restored_folder
+from .preferences import engine_settings
+from .reference_photo import panel_note, weights_take_reference
 from .state import MANAGER, RenderState
 
 
@@ -14,6 +16,11 @@ def _draw(layout, context):
     layout.operator("splat_restore.restore_render", icon="IMAGE")
     layout.operator("splat_restore.restore_folder", icon="FILE_FOLDER")
     layout.prop(settings, "faces")
+    layout.prop(settings, "reference_photo")
+    takes = weights_take_reference(engine_settings(context).weights, MANAGER.client)
+    note = panel_note(settings.reference_photo, takes)
+    if note:
+        layout.label(text=note[0], icon=note[1])
     layout.prop(settings, "temporal")
     layout.prop(settings, "auto_restore")
     sub = layout.column()

@@ -11,7 +11,8 @@ from .jobs import UsageError
 from .weights.base import DEFAULT_BASE
 
 WEIGHTS_HELP = ("a Splat Restore checkpoint (.safetensors), or weights in Difix's published layout: a folder, or "
-                "the hub id nvidia/difix from the HF cache (`python -m engine fetch nvidia/difix`)")
+                "the hub id nvidia/difix (or nvidia/difix_ref, which restores beside a --reference photo) from the "
+                "HF cache (`python -m engine fetch nvidia/difix`)")
 
 
 def _add_license_arg(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_runtime_args(p)
     p.add_argument("--recursive", action="store_true", help="descend into subfolders of input folders")
+    p.add_argument("--reference", default=None, metavar="PHOTO",
+                   help="a sharp photo of the same person, given beside every frame, for weights that take one "
+                        "(nvidia/difix_ref, weights trained with --reference): the restored detail follows it. "
+                        "Face-aware restore cuts its face like the frames' faces; whole and tiled frames get the "
+                        "photo fitted to their size")
     p.add_argument("--faces", choices=list(FACE_MODES), default="auto",
                    help="auto: in frames larger than the model, restore each face and leave the rest untouched "
                         "(smaller frames are restored whole); off: the whole frame, tiled; only-crops: write each "
@@ -161,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=20, help="frames timed for the cost")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("fetch", help="download a base model into the Hugging Face cache")
+    p = sub.add_parser("fetch", help="download a base model or weights (nvidia/difix) into the Hugging Face cache; "
+                                      "an interrupted fetch continues where it stopped")
     p.add_argument("base", nargs="?", default=DEFAULT_BASE)
+    p.add_argument("--json", action="store_true",
+                   help="progress as JSON lines on stdout, one per update (plan, progress, done, error)")
 
     p = sub.add_parser("import-photos", help="capture photos -> upright sRGB PNGs (the clean half of Blender pairs)")
     p.add_argument("photos", nargs="*", help="photo files, or folders whose images are taken")

@@ -12,7 +12,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from blender_addon.engine_link.licenses import ACCEPT_FLAG, LicenseNotAccepted
+from blender_addon.engine_link.licenses import LicenseNotAccepted
 
 from .arguments import build_parser
 from .weights.base import BaseModelError
@@ -29,7 +29,8 @@ def cmd_restore(a) -> int:
     from .runtime import ModelRunner, warn_if_gpu_unused
     from .shards import rank_device, shard_from_env, shard_start, take_shard
 
-    check_license(a.weights, a.accept_license)  # before anything is loaded or written
+    info = check_license(a.weights, a.accept_license)  # before anything is loaded or written
+    reference = _load_reference(a.reference, info.restorer.views, a.weights)
     items = collect_items(a.inputs, a.output, a.recursive)
     for item in items:
         item.faces, item.overwrite = a.faces, a.overwrite
@@ -72,6 +73,11 @@ def cmd_restore(a) -> int:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 1
+    if reference is not None:
+        from .images import header_size
+
+        pipeline.set_reference(reference)  # its face, when frames will be cut into faces, is found now, once
+        pipeline.check_reference(any(pipeline.needs_faces(header_size(it.input), a.faces) for it in items))
     loaded = time.perf_counter()
     counts = {"restored": 0, "skipped": 0, "failed": 0}
     faces = no_face = 0
@@ -94,6 +100,21 @@ def cmd_restore(a) -> int:
     print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']}{found} -> {outdir} "
           f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
     return 1 if counts["failed"] else 0
+
+
+def _load_reference(path: str | None, views: int, weights: str):
+    """The run's reference photo (faces.reference.Reference) or None; ReferenceError (exit 2) before anything loads
+    when the weights cannot use it, need one and have none, or the photo cannot be read."""
+    from .runtime import ReferenceError, reference_problem
+
+    problem = reference_problem(views, path, f"the weights {weights}")
+    if problem:
+        raise ReferenceError(problem)
+    if path is None:
+        return None
+    from .faces.reference import load_reference
+
+    return load_reference(path)
 
 
 def _faces_missing(pipeline, items: list, mode: str) -> str | None:
@@ -135,20 +156,9 @@ def cmd_info(a) -> int:
 
 
 def cmd_fetch(a) -> int:
-    from .weights.base import fetch_base
+    from .weights.fetch import run
 
-    folder = fetch_base(a.base)
-    print(f"{a.base} -> {folder}")
-    from .weights.loading import read_recipe
-    from blender_addon.engine_link.licenses import license_by_id
-
-    try:
-        lic = license_by_id(read_recipe(folder).license)
-    except (BaseModelError, CheckpointError):  # a base model, not weights: nothing to accept
-        lic = None
-    if lic:
-        print(f"these weights are under the {lic.describe()}; restoring with them needs {ACCEPT_FLAG}")
-    return 0
+    return run(a.base, a.json)
 
 
 def cmd_import_photos(a) -> int:

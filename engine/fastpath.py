@@ -29,9 +29,13 @@ COMPILE_THREAD = "splat-restore-compile"
 def use_sdpa(model: Pix2PixTurbo) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    from .model import CrossViewAttnProcessor
+
     for module in (getattr(model, "unet", None), getattr(model, "vae", None)):
         if hasattr(module, "set_attn_processor"):
-            module.set_attn_processor(AttnProcessor2_0())
+            # cross-view attention (Difix-ref) is part of the model, not a speed choice: it stays (it runs SDPA too)
+            module.set_attn_processor({name: p if isinstance(p, CrossViewAttnProcessor) else AttnProcessor2_0()
+                                       for name, p in module.attn_processors.items()})
 
 
 def inductor_mode(device_type: str, compile_mode: str) -> str | None:
@@ -113,16 +117,18 @@ class FastForward:
         self._idle.set()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, reference_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """`reference_latent`: for a restorer with a reference view, the reference's latent (1, C, H/8, W/8)."""
         x = x.contiguous(memory_format=self.memory_format)  # compiled code is guarded on strides too
+        extra = {} if reference_latent is None else {"reference_latent": reference_latent.contiguous()}
         shape = tuple(x.shape)
         with self._lock:
             ready = shape in self._ready
         if ready:
             self.compiled_calls += 1
-            return self.compiled(x)
+            return self.compiled(x, **extra)
         self.compile_async([shape])
-        return self.eager(x)
+        return self.eager(x, **extra)
 
     def compile_async(self, shapes) -> None:
         """Compile for these input shapes in the background (each once; nothing when compiling is off)."""
@@ -184,7 +190,11 @@ class FastForward:
             # made and run as ModelRunner.run_model does: an inference tensor in inference mode, or the guards miss
             with torch.inference_mode():
                 x = torch.zeros(shape, device=self.device, dtype=next(self.eager.parameters()).dtype)
-                self.compiled(x.contiguous(memory_format=self.memory_format))
+                extra = {}
+                if getattr(getattr(self.eager, "config", None), "views", 1) > 1:  # warmed up as frames will come
+                    latent = (1, self.eager.vae.config.latent_channels, shape[2] // 8, shape[3] // 8)
+                    extra["reference_latent"] = torch.zeros(latent, device=self.device, dtype=x.dtype)
+                self.compiled(x.contiguous(memory_format=self.memory_format), **extra)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as e:  # noqa: BLE001 - a compiler failure costs speed, never frames

@@ -4,6 +4,9 @@
           --UNet at t=999--> epsilon --> x0 = (z - sqrt(1 - a) * eps) / sqrt(a)
           --VAE decoder, adding skip_conv_i(tap * gamma) before up block i--> clamp(-1, 1)
 
+With a reference view (Difix-ref, views = 2) the frame's and the reference's latents go through the UNet side by side,
+its self-attention spanning both (CrossViewAttnProcessor); only the frame's x0 is decoded.
+
 The traversal of encoder and decoder is written here, using diffusers' blocks, instead of replacing their forwards.
 """
 from __future__ import annotations
@@ -138,21 +141,67 @@ class RestorerConfig:
     # "base": the base's UNet (+ LoRA and conv_in from the weights); "weights": a fully fine-tuned UNet shipped
     # with the weights (Difix)
     unet_source: str = "base"
+    # 2: each frame comes with a reference view (Difix-ref, reference-trained weights); 1: frames alone
+    views: int = 1
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 (frames alone) or 2 (frame and reference), not {self.views!r}")
         if self.input_range not in ("-1,1", "0,1"):
             raise ValueError(f"input_range must be '-1,1' or '0,1', not {self.input_range!r}")
         if self.unet_source not in UNET_SOURCES:
             raise ValueError(f"unet_source must be one of {UNET_SOURCES}, not {self.unet_source!r}")
 
 
+class CrossViewAttnProcessor:
+    """Self-attention over all views of a sample at once: Difix-ref's reference mixing (Difix3D src/mv_unet.py).
+
+    The UNet's batch holds each sample's views one after another, "(b v)": frame, reference. Here attn1 sees the
+    tokens of every view of a sample together, "(b v) n d -> b (v n) d", so the frame's tokens attend to the
+    reference's; resnets, cross-attention to the prompt and the feed-forward stay per view. Difix3D gets this by
+    replacing BasicTransformerBlock.forward for every UNet in the process; as a processor on one UNet's attn1 modules
+    it belongs to the model that needs it, and a plain restorer beside it is untouched.
+    """
+
+    def __init__(self, views: int):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.views = views
+        self.attend = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        bv, n, d = hidden_states.shape
+        if bv % self.views:
+            raise ValueError(f"cross-view attention over {self.views} views got a batch of {bv} token sets")
+        joint = hidden_states.reshape(bv // self.views, self.views * n, d)
+        out = self.attend(attn, joint, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return out.reshape(bv, n, d)
+
+
+def enable_cross_view(unet: nn.Module, views: int = 2) -> int:
+    """Give this UNet's self-attention layers (each transformer block's attn1) cross-view attention; returns how
+    many. Only this UNet changes: no diffusers class is patched."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    if not blocks:
+        raise ValueError("this UNet has no transformer blocks: no self-attention to span the reference view")
+    for block in blocks:
+        block.attn1.set_processor(CrossViewAttnProcessor(views))
+    return len(blocks)
+
+
 class Pix2PixTurbo(nn.Module):
-    """Image in [-1, 1] (N, 3, H, W), H and W multiples of 8 -> restored image in [-1, 1]."""
+    """Image in [-1, 1] (N, 3, H, W), H and W multiples of 8 -> restored image in [-1, 1]. With config.views == 2
+    each image needs a reference view of the same size (or its latent, `encode_reference`)."""
 
     def __init__(self, unet: nn.Module, vae: nn.Module, prompt_embeds: torch.Tensor, config: RestorerConfig):
         super().__init__()
         self.unet, self.vae, self.config = unet, vae, config
+        if config.views > 1:
+            enable_cross_view(unet, config.views)
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=False)
         self.skip_dropout = 0.0  # set by the trainer; active only in train mode
         self.gradient_checkpointing = False  # the VAE blocks' activations are recomputed in backward when set
@@ -205,9 +254,35 @@ class Pix2PixTurbo(nn.Module):
             h = self._block(block, h)
         return dec.conv_out(dec.conv_act(dec.conv_norm_out(h))).clamp(-1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """The reference view's latent. It is never decoded, so its taps are not kept; a run computes it once."""
+        return self.encode(reference)[0]
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor | None = None,
+                reference_latent: torch.Tensor | None = None) -> torch.Tensor:
         z, taps = self.encode(x)
-        return self.decode(self.denoise(z), taps)
+        if self.config.views == 1:
+            if reference is not None or reference_latent is not None:
+                raise ValueError("this restorer takes no reference photo (views = 1: it restores frames alone)")
+            return self.decode(self.denoise(z), taps)
+        if reference_latent is None:
+            if reference is None:
+                raise ValueError("this restorer needs a reference photo beside each frame (views = 2)")
+            if reference.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"the reference is {tuple(reference.shape[-2:])}, the frame {tuple(x.shape[-2:])}: "
+                                 f"they must be the same size")
+            reference_latent = self.encode_reference(reference)
+        if reference_latent.shape[1:] != z.shape[1:] or len(reference_latent) not in (1, len(z)):
+            raise ValueError(f"reference latent {tuple(reference_latent.shape)} does not fit the frames' "
+                             f"{tuple(z.shape)}")
+        # (b, v, c, h, w), view 0 the frame, view 1 the reference; the UNet sees them as "(b v)", in the memory
+        # layout the encoder gave z (channels_last on GPUs, and oneDNN's choice on CPUs): conv kernels follow it
+        views = torch.stack([z, reference_latent.to(z.dtype).expand_as(z)], dim=1)
+        layout = torch.channels_last if not z.is_contiguous() and z.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        x0 = self.denoise(views.flatten(0, 1).contiguous(memory_format=layout)).unflatten(0, views.shape[:2])
+        # the VAE works per view, so decoding the frame's view alone (with its own taps) is exact
+        return self.decode(x0[:, 0], taps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """img2img-turbo's rule: every LoRA matrix, the UNet's conv_in and the four skip convs; with `lora_only`,

@@ -16,15 +16,49 @@ from blender_addon.engine_link.licenses import license_by_id
 from . import __version__
 from .weights.checkpoint import CheckpointInfo
 from .fastpath import FastForward
+from .jobs import UsageError
 from .weights.loading import load_restorer
 from .model import Pix2PixTurbo
 from .tiling import blend_tiles, pad_to_multiple, plan_tiles
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+REFERENCES_KEPT = 4  # reference arrays whose latents a runner keeps (the service's photo cache holds as many)
 
 
 class DeviceError(ValueError):
     """A device that cannot be used, or a model that does not fit on it: one line a user can act on."""
+
+
+class ReferenceError(UsageError):  # noqa: A001 - the engine's name for it; Python's weakref one is never used here
+    """A reference photo given to weights that cannot use one, missing for weights that need one, or unusable."""
+
+
+def reference_problem(views: int, reference: str | None, weights: str) -> str | None:
+    """Why weights with `views` (from their recipe) cannot run with the reference photo named `reference` (None:
+    no reference), or None. `weights` as messages name them ("the weights nvidia/difix_ref")."""
+    from .faces.reference import cannot_use, needs_one
+
+    if views == 1 and reference is not None:
+        return cannot_use(reference, weights)
+    if views > 1 and reference is None:
+        return needs_one(weights)
+    return None
+
+
+def fit_reference(reference: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The reference at (h, w): centre-cropped to that aspect (nothing stretched), then resized (INTER_AREA)."""
+    import cv2
+
+    rh, rw = reference.shape[:2]
+    if rh * w > rw * h:  # taller than the job: keep the middle rows
+        keep = max(1, round(rw * h / w))
+        reference = reference[(rh - keep) // 2:(rh - keep) // 2 + keep]
+    else:
+        keep = max(1, round(rh * w / h))
+        reference = reference[:, (rw - keep) // 2:(rw - keep) // 2 + keep]
+    if reference.shape[:2] != (h, w):
+        reference = cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(reference, dtype=np.float32)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -125,6 +159,10 @@ class ModelRunner:
                               f"--device cpu") from None
         self.forward = FastForward(self.model, self.device, compile, compile_cache)
         self.info = info
+        self.name = info.source if info else "this restorer"  # what errors call the weights
+        # the last few reference arrays given (newest last), each with its latent per model-call shape: a run
+        # encodes its photo once per shape, and faces mode alternates the whole photo and its face crop
+        self._references: list[tuple[np.ndarray, dict]] = []
         self.batch_size = max(1, int(batch_size))
         # every model call is padded to one of these batch sizes, so a session compiles a few shapes, once each
         self.buckets = sorted({1, self.batch_size})
@@ -144,7 +182,14 @@ class ModelRunner:
                         **kwargs) -> "ModelRunner":
         pick_device(kwargs.get("device", "auto"))  # a bad --device fails before a minute of loading
         model, info = load_restorer(weights, base, accept_license=accept_license)
-        return cls(model, info, **kwargs)
+        runner = cls(model, info, **kwargs)
+        runner.name = str(weights)
+        return runner
+
+    @property
+    def takes_reference(self) -> bool:
+        """Whether these weights restore each frame beside a reference photo (Difix-ref, reference-trained)."""
+        return self.model.config.views == 2
 
     def describe(self) -> dict:
         info = self.info
@@ -153,7 +198,7 @@ class ModelRunner:
                 "batch_size": self.batch_size, "tile": self.tile, "overlap": self.overlap,
                 "base": info.base if info else None, "prompt": info.prompt if info else None,
                 "source": info.source if info else None, "license": lic.describe() if lic else None,
-                "compile": self.forward.status()}
+                "compile": self.forward.status(), "takes_reference": self.takes_reference}
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -170,23 +215,52 @@ class ModelRunner:
         """The batch size a call with `n` frames is padded to."""
         return next((b for b in self.buckets if b >= n), n)
 
+    def _to_model(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
+        return x.to(self.dtype) * 2 - 1
+
     @torch.inference_mode()
-    def run_model(self, batch: np.ndarray) -> np.ndarray:
+    def reference_latent(self, reference: np.ndarray, h: int, w: int) -> torch.Tensor:
+        """The reference's latent for model calls of (h, w), encoded on first use. References are told apart by
+        identity: another array (a new photo) is encoded afresh, and the oldest of REFERENCES_KEPT is let go."""
+        entry = next((e for e in self._references if e[0] is reference), None)
+        if entry is None:
+            if reference.ndim != 3 or reference.shape[2] != 3 or not np.issubdtype(reference.dtype, np.floating):
+                raise ReferenceError(f"the reference photo must be float RGB (H, W, 3) in [0, 1], not "
+                                     f"{reference.dtype} {reference.shape}")
+            entry = (reference, {})
+            self._references = self._references[-(REFERENCES_KEPT - 1):] + [entry]
+        latents = entry[1]
+        if (h, w) not in latents:
+            x = self._to_model(fit_reference(reference, h, w)[None])
+            latents[(h, w)] = self.model.encode_reference(x).contiguous()
+        return latents[(h, w)]
+
+    @torch.inference_mode()
+    def run_model(self, batch: np.ndarray, reference_latent: torch.Tensor | None = None) -> np.ndarray:
         """(N, H, W, 3) float [0, 1], H and W multiples of 8 -> same shape, restored. Padded with black frames to
-        a bucket's batch size (a new batch size would be a new compile); their outputs are dropped."""
+        a bucket's batch size (a new batch size would be a new compile); their outputs are dropped.
+        `reference_latent` (from `reference_latent`) goes beside every frame for weights that take a reference."""
         n = len(batch)
         if self.bucket(n) > n:
             batch = np.concatenate([batch, np.zeros((self.bucket(n) - n, *batch.shape[1:]), batch.dtype)])
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        y = self.forward(x.to(self.dtype) * 2 - 1)
+        x = self._to_model(batch)
+        y = self.forward(x) if reference_latent is None else self.forward(x, reference_latent)
         out = ((y[:n].float() + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         if self.dtype != torch.float32 and np.isnan(out).any():  # the VAE configs say force_upcast: be sure
             raise RuntimeError(f"the model overflowed in {str(self.dtype).replace('torch.', '')} on this frame; "
                                f"restore it with --dtype fp32")
         return out
 
-    def restore(self, images: Iterable[np.ndarray], tiled: bool = True) -> list[np.ndarray]:
-        """tiled=False restores each image in one piece whatever --tile says (face crops at the model's size)."""
+    def restore(self, images: Iterable[np.ndarray], tiled: bool = True,
+                reference: np.ndarray | None = None) -> list[np.ndarray]:
+        """tiled=False restores each image in one piece whatever --tile says (face crops at the model's size).
+        `reference`: float32 (H, W, 3) RGB in [0, 1] of any size, for weights that take one (`takes_reference`);
+        each model call gets it cropped and resized to its own shape (a tile, a frame, a face crop)."""
+        problem = reference_problem(self.model.config.views, None if reference is None else "reference photo",
+                                    f"the weights {self.name}")
+        if problem:
+            raise ReferenceError(problem)
         images = list(images)
         jobs = []  # (image index, tile or None, padded array)
         plans = {}
@@ -203,10 +277,11 @@ class ModelRunner:
         for j, job in enumerate(jobs):
             by_shape[job[2].shape].append(j)
         outputs = [None] * len(jobs)
-        for indices in by_shape.values():
+        for shape, indices in by_shape.items():
+            latent = None if reference is None else self.reference_latent(reference, *shape[:2])
             for k in range(0, len(indices), self.batch_size):
                 chunk = indices[k:k + self.batch_size]
-                for j, out in zip(chunk, self.run_model(np.stack([jobs[j][2] for j in chunk]))):
+                for j, out in zip(chunk, self.run_model(np.stack([jobs[j][2] for j in chunk]), latent)):
                     outputs[j] = out
         per_image = defaultdict(list)
         for (i, tile, _), out in zip(jobs, outputs):

@@ -3,6 +3,10 @@
 A reader thread parses requests and answers the quick ones (ping, info, cancel, shutdown) at once; the main thread
 restores queued frames in batches across requests, checking for cancellation between batches. stdout carries only
 protocol lines: anything a library prints goes to stderr.
+
+A request may name a reference photo (weights that take one). A batch holds frames of one reference only; each photo
+is read, its face found and encoded once for all requests that name it (faces.reference.ReferenceCache, and the
+runner's cache of the same array). A reference that cannot be used fails its request's frames, never another's.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from blender_addon.engine_link.protocol import Code, ProtocolError
 from blender_addon.engine_link.scan import printable
 
 from . import __version__
+from .faces.reference import ReferenceCache, cannot_use, needs_one
+from .images import header_size
 from .jobs import Item, Outcome, check_item, restore_group
 from .temporal.sequences import Sequences
 
@@ -31,6 +37,8 @@ class RestoreJob:
     total: int
     outcomes: list = field(default_factory=list)
     cancelled: bool = False
+    reference: str | None = None  # the reference photo's path, as the request gave it
+    refused: tuple | None = None  # (reason, code): why its frames all fail (its reference cannot be used)
 
 
 class Service:
@@ -44,6 +52,8 @@ class Service:
         self.jobs: deque[RestoreJob] = deque()
         self.closing = False
         self.temporal = Sequences()  # animation frames sent with "sequence" and "index"
+        self.references = ReferenceCache()
+        self._reference_set = None  # the faces.reference.Reference the pipeline holds now (None: none)
 
     def send(self, message: dict) -> None:
         data = protocol.encode(message)
@@ -114,12 +124,20 @@ class Service:
         items = deque(Item(Path(i), Path(o), params["faces"], params["overwrite"], *(frame or (None, 0)))
                       for (i, o), frame in zip(params["items"], params["frames"]))
         options = {k: params[k] for k in protocol.RESTORE_OPTIONS}
+        job = RestoreJob(request_id, params["single"], options, items, len(items), reference=params.get("reference"))
+        # pipelines that know nothing of references (test doubles) take none
+        takes, weights = (getattr(self.pipeline, k, d) for k, d in (("takes_reference", False),
+                                                                    ("weights_name", "these weights")))
+        if job.reference is not None and not takes:
+            job.refused = cannot_use(printable(job.reference), weights), Code.BAD_REQUEST
+        elif job.reference is None and takes:
+            job.refused = needs_one(weights), Code.BAD_REQUEST
         with self.cond:
             if any(j.id == request_id for j in self.jobs):
                 self.send(protocol.failure(request_id, Code.BAD_REQUEST, f"request id {request_id!r} is still "
                                                                          f"in progress; use a new id"))
                 return
-            self.jobs.append(RestoreJob(request_id, params["single"], options, items, len(items)))
+            self.jobs.append(job)
             self.cond.notify_all()
 
     # worker side ------------------------------------------------------------------------------------------------
@@ -130,17 +148,20 @@ class Service:
                     self.cond.wait()
                 if not self.jobs and self.closing:
                     return
-                batch, owners = self._take_batch()
+                batch, owners, reference = self._take_batch()
             if batch:
-                self._restore(batch, owners)
+                self._restore(batch, owners, reference)
             self._finish_jobs()
 
-    def _restore(self, batch: list, owners: dict) -> None:
+    def _restore(self, batch: list, owners: dict, reference: str | None = None) -> None:
         reported = set()
 
         def report(o: Outcome):
             reported.add(id(o.item))
             self._record(owners[id(o.item)], o)
+        batch = self._use_reference(reference, batch, owners, report)
+        if not batch:
+            return
         try:
             restore_group(self.pipeline, batch, report, self.temporal)
         except Exception as e:  # a bug or a device fault must cost these frames, not the service
@@ -149,10 +170,45 @@ class Service:
                 if id(item) not in reported:
                     report(Outcome(item, "failed", f"{item.input}: engine error: {e}", Code.ENGINE_ERROR))
 
+    def _use_reference(self, reference: str | None, batch: list, owners: dict, report) -> list:
+        """Give the pipeline the batch's reference photo (read once: self.references, which also sees a photo
+        replaced on disk); the frames that can be restored with it. A reference that cannot be read fails the batch
+        and the rest of its requests; one without a face fails the frames that would be restored face by face."""
+        from .runtime import ReferenceError
+
+        faced, loaded = batch, False
+        try:
+            photo = None if reference is None else self.references.get(reference)
+            loaded = True
+            if photo is not self._reference_set:
+                self.pipeline.set_reference(photo)
+                self._reference_set = photo
+            if photo is None:
+                return batch
+            faced = [i for i in batch if self.pipeline.needs_faces(header_size(i.input), i.faces)]
+            if faced:
+                self.pipeline.reference_face()  # found once per photo; a photo without a face raises every time
+            return batch
+        except ReferenceError as e:
+            if not loaded:  # unreadable: nothing of these requests can be restored
+                for item in batch:
+                    owners[id(item)].refused = str(e), Code.BAD_INPUT
+            for item in faced:
+                report(Outcome(item, "failed", str(e), Code.BAD_INPUT))
+            failed = {id(i) for i in faced}
+            return [i for i in batch if id(i) not in failed]
+
     def _take_batch(self):
-        """Up to one batch of frames from the front of the queue; items decided without pixels are recorded."""
-        batch, owners = [], {}
+        """Up to one batch of frames from the front of the queue, all of one reference photo (or none), and that
+        reference; items decided without pixels are recorded."""
+        batch, owners, reference = [], {}, None
         for job in self.jobs:
+            if job.refused is not None:
+                while job.pending and not job.cancelled:
+                    self._record(job, Outcome(job.pending.popleft(), "failed", *job.refused))
+                continue
+            if batch and job.reference != reference:  # served in a later batch, once this reference's are done
+                continue
             while job.pending and not job.cancelled and len(batch) < self.pipeline.batch_size:
                 item = job.pending.popleft()
                 try:
@@ -167,9 +223,10 @@ class Service:
                 else:
                     batch.append(item)
                     owners[id(item)] = job
+                    reference = job.reference
             if len(batch) >= self.pipeline.batch_size:
                 break
-        return batch, owners
+        return batch, owners, reference
 
     def _record(self, job: RestoreJob, outcome: Outcome) -> None:
         job.outcomes.append(outcome)

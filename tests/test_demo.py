@@ -314,3 +314,109 @@ def test_a_taken_port_is_one_error_line_after_the_network_warning(tiny_weights):
     assert r.returncode == 1, r.stderr
     assert f"WARNING: the demo listens on 0.0.0.0:{port}" in r.stderr
     assert f"error: cannot listen on 0.0.0.0:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+# a reference photo and the example render (issue 24) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ref_pipeline(tmp_path_factory):
+    from tiny_base import make_tiny_difix_ref
+
+    from engine.faces.restore import FramePipeline
+    from engine.runtime import ModelRunner
+
+    weights = make_tiny_difix_ref(tmp_path_factory.mktemp("difix_ref") / "ref")
+    pipeline = FramePipeline(ModelRunner.from_pretrained(weights, accept_license=True, device="cpu", compile="off"),
+                             min_face=32)
+    yield pipeline
+    pipeline.close()
+
+
+def _component(page, elem_id):
+    return next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_a_reference_photo_is_given_beside_each_image_and_shown_with_the_result(ref_pipeline, tmp_path):
+    from engine.demo.page import build_page
+
+    actions = DemoActions(ref_pipeline, tmp_path / "work")
+    image = png(tmp_path / "render.png", noise(64, 64))
+    photos = [png(tmp_path / f"photo{k}.png", noise(90, 70, seed=10 + k)) for k in range(2)]
+    first, second = (actions.restore([image], "off", reference=str(p))[0] for p in photos)
+    assert not np.array_equal(first.after, second.after)  # the reference reaches the model
+    assert np.array_equal(first.reference, noise(90, 70, seed=10))  # whole frames: the photo itself, shown
+    assert ref_pipeline.reference is None  # the other tabs restore without it
+    with pytest.raises(UploadError, match="need a reference photo of the person and none was given: upload one"):
+        actions.restore([image], "off")
+    with pytest.raises(UploadError, match="gone.png: file does not exist"):
+        actions.restore([image], "off", reference=str(tmp_path / "gone.png"))
+    for tab in (lambda: actions.degrade_restore(image), lambda: actions.sequence([image, image])):
+        with pytest.raises(UploadError, match="restore in the Restore tab, which takes one"):
+            tab()
+    page = build_page(actions, "nvidia/difix_ref")
+    assert _component(page, "restore-reference").visible and _component(page, "restore-reference-shown").visible
+    restore = next(f.fn for f in page.fns.values() if f.name == "restore")
+    shown = restore([str(image)], "off", True, str(photos[1]))
+    assert shown[3].startswith("Restored 1 image") and "photo1.png" in shown[3]
+    assert np.array_equal(shown[5], second.reference) and np.array_equal(shown[0][1], second.after)
+
+
+def test_plain_weights_offer_no_reference_and_refuse_one(pipeline, tmp_path):
+    from engine.demo.page import build_page
+
+    actions = DemoActions(pipeline, tmp_path / "work")
+    page = build_page(actions, "tiny")
+    assert not _component(page, "restore-reference").visible
+    with pytest.raises(UploadError, match="reference photo me.png given, but the loaded weights cannot use one"):
+        actions.restore([png(tmp_path / "r.png", noise(64, 64))], "off", reference=str(png(tmp_path / "me.png",
+                                                                                          noise())))
+
+
+def test_a_reference_without_a_face_is_refused_before_faces_are_restored(ref_pipeline, tmp_path):
+    pytest.importorskip("mediapipe")
+    from engine.faces.bundled import bundled_faces
+
+    actions = DemoActions(ref_pipeline, tmp_path / "work")
+    face = bundled_faces()["astronaut"]
+    frame = png(tmp_path / "frame.png", np.asarray(Image.fromarray(face).resize((128, 128))))  # > 64: faces
+    wall = png(tmp_path / "wall.png", np.full((80, 80, 3), 150, np.uint8))
+    with pytest.raises(UploadError, match=r"^reference photo wall.png: no face found in it"):
+        actions.restore([frame], "auto", reference=str(wall))
+    assert not list((tmp_path / "work").rglob("*.png"))
+    done = actions.restore([frame], "auto", reference=str(png(tmp_path / "me.png", face)))[0]
+    assert done.reference.shape == (64, 64, 3)  # faces restored: the photo's face crop, as the model saw it
+
+
+def test_the_example_render_is_one_click_away_in_the_restore_and_degrade_tabs(pipeline, tmp_path, monkeypatch):
+    import socket
+
+    import httpx
+    from gradio_client import Client
+
+    from engine.demo.page import EXAMPLE, build_page, example_files
+
+    assert example_files() == [str(EXAMPLE)] and EXAMPLE.name == "splat_face.png" and EXAMPLE.parent.name == \
+        "examples"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    actions = DemoActions(pipeline, tmp_path / "work")
+    page = build_page(actions, "tiny")
+    page.queue(default_concurrency_limit=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                allowed_paths=[str(actions.workdir)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+        # a click on the example: the Restore tab's renders become [the example], the Degrade tab's photo the example
+        into_restore = client.predict(0, api_name="/load_example")
+        into_degrade = client.predict(0, api_name="/load_example_1")
+        assert into_restore["elem_id"] == "restore-input" and into_degrade["elem_id"] == "degrade-input"
+        (loaded,), also = into_restore["value"], into_degrade["value"]
+        for f in (loaded, also):
+            served = httpx.get(f["url"])
+            assert f["orig_name"] == "splat_face.png" and served.content == EXAMPLE.read_bytes()
+    finally:
+        page.close()
+    monkeypatch.setattr("engine.demo.page.EXAMPLE", tmp_path / "none.png")  # the engine wheel ships no examples/
+    bare = build_page(actions, "tiny")
+    assert not [b for b in bare.blocks.values() if "example" in (getattr(b, "elem_id", None) or "")]

@@ -28,13 +28,10 @@ def no_env_acceptance(monkeypatch):
     monkeypatch.delenv("SPLAT_RESTORE_ACCEPT_LICENSE", raising=False)
 
 
-def difix_reference_forward(folder: Path, x: torch.Tensor, lora: bool = True) -> torch.Tensor:
-    """Difix3D's src/model.py forward, written out: its patched encoder/decoder forwards, peft adapter with an
-    explicit module list, DDPMScheduler's one-step `step` at t=199. Only change: the posterior mean, not a sample."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def difix3d_vae(folder: Path, lora: bool = True):
+    """Difix3D's VAE (src/model.py): its patched encoder/decoder forwards, peft adapter with an explicit module list,
+    the folder's weights, in eval mode."""
     from safetensors.torch import load_file
-
-    from engine.weights.base import encode_prompt
 
     config = json.loads((folder / "vae" / "config.json").read_text())
     vae = difix_vae(config, config["lora_rank"])
@@ -62,13 +59,30 @@ def difix_reference_forward(folder: Path, x: torch.Tensor, lora: bool = True) ->
 
     vae.encoder.forward = types.MethodType(encoder_forward, vae.encoder)
     vae.decoder.forward = types.MethodType(decoder_forward, vae.decoder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    for module in (unet, vae):  # Difix.set_eval(); train mode picks other CPU kernels, 1e-6 apart
-        module.eval().requires_grad_(False)
+    return vae.eval().requires_grad_(False)  # Difix.set_eval(); train mode picks other CPU kernels, 1e-6 apart
+
+
+def difix3d_scheduler(folder: Path):
+    """DDPMScheduler ready for Difix3D's one step at t=199."""
+    from diffusers import DDPMScheduler
+
     sched = DDPMScheduler.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
     # Difix3D calls set_timesteps(1) then step(t=199): with the diffusers of its day the previous step is then
     # "before 0", so alpha_prev = 1. Today's diffusers looks t up in the schedule, so say it the way it accepts.
     sched.set_timesteps(timesteps=[199])
+    return sched
+
+
+def difix_reference_forward(folder: Path, x: torch.Tensor, lora: bool = True) -> torch.Tensor:
+    """Difix3D's src/model.py forward, written out: its patched encoder/decoder forwards, peft adapter with an
+    explicit module list, DDPMScheduler's one-step `step` at t=199. Only change: the posterior mean, not a sample."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.weights.base import encode_prompt
+
+    vae = difix3d_vae(folder, lora)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval().requires_grad_(False)
+    sched = difix3d_scheduler(folder)
     caption = encode_prompt(folder, "remove degradation")
     timesteps = torch.tensor([199]).long()
     with torch.no_grad():

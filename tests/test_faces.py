@@ -310,7 +310,7 @@ def test_face_crops_are_restored_in_one_piece_even_with_a_smaller_tile(faces, tr
     restorer.model_size = 128  # as if trained at 128: crops of 128 must not be cut into 64-pixel tiles
     calls = []
     run_model = restorer.run_model
-    restorer.run_model = lambda batch: calls.append(batch.shape) or run_model(batch)
+    restorer.run_model = lambda batch, *rest: calls.append(batch.shape) or run_model(batch, *rest)
     canvas, _ = compose(faces, truth, (360, 640), [("astronaut", 40, 30, 0.6)])
     FramePipeline(restorer, detector=detector).restore([canvas], ["auto"])
     assert calls == [(1, 128, 128, 3)]

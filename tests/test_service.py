@@ -115,6 +115,8 @@ def test_restore_a_list_reports_progress(engine, tmp_path):
     (b'{"id": 6, "op": "restore", "input": "a.png", "output": "b.png", "overwrite": "yes"}', "bad_request"),
     (b'{"id": 7, "op": "cancel"}', "bad_request"),
     (b'{"id": 8, "op": "restore", "input": "/no/such/file.png", "output": "/tmp/x.png"}', "bad_input"),
+    (b'{"id": 9, "op": "restore", "input": "a.png", "output": "b.png", "reference": 5}', "bad_request"),
+    (b'{"id": 10, "op": "restore", "input": "a.png", "output": "b.png", "reference": " "}', "bad_request"),
 ])
 def test_bad_messages_get_an_error_and_the_service_keeps_serving(raw, line, code):
     answer = raw.ask(line)

@@ -149,3 +149,21 @@ def make_tiny_difix(folder: Path, seed: int = 3, lora_rank: int = 4, gamma: floa
     (folder / "vae" / "config.json").write_text(json.dumps(config))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "DifixPipeline"}))
     return folder
+
+
+# model_index.json's `unet` entry in Difix-ref's layout: hub-side code (unet/unet_2d_condition.py), not diffusers'
+DIFIX_REF_UNET_ENTRY = ["unet_2d_condition", "UNet2DConditionModel"]
+
+
+def make_tiny_difix_ref(folder: Path, seed: int = 5, lora_rank: int = 4) -> Path:
+    """A tiny model in Difix-ref's published layout (`nvidia/difix_ref`): Difix's, plus a model_index.json naming
+    a hub-side UNet module, which sits in unet/. Its weights are a plain UNet2DConditionModel's."""
+    folder = make_tiny_difix(Path(folder), seed=seed, lora_rank=lora_rank)
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": ["pipeline_difix", "DifixPipeline"], "unet": DIFIX_REF_UNET_ENTRY,
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}))
+    # stands in for the hub's multi-view UNet code; the engine must recognise it, never import it
+    (folder / "unet" / "unet_2d_condition.py").write_text(
+        'raise RuntimeError("the engine must not run hub-side code")\n')
+    return folder

@@ -9,12 +9,17 @@ Requests   {"id": str|int, "op": "ping"|"info"|"restore"|"cancel"|"shutdown", ..
            "sequence": ID and "index": N (frames of one animation, fused with the frame before: item k is frame
            N + k; an item may carry its own "sequence" and "index"). A frame whose index does not follow the last
            one fused in its sequence (a gap, out of order) restarts the fusion.
+           "reference": PATH, a photo of the person given beside every frame, for weights that take one (the
+           ready line's "takes_reference"); such weights refuse requests without one, other weights requests with
+           one. A reference that cannot be read, or without a face where frames are restored face by face, fails
+           that request's frames (bad_input), no other request's.
   cancel   {"target": ID}: queued frames of that request are dropped, a running list stops between frames
 Answers    {"id", "ok": true, "result": {...}} or {"id", "ok": false, "error": {"code", "message"}, "result"?}
            a restore's result: {"items": [{"input", "output", "status": "restored"|"skipped"|"failed", "reason"?,
            "code"?, "mode"?: "whole"|"faces", "faces"?: [{"box", "scale", "score", "landmarks"}], "note"?,
            "crops"?: [PATH]}], "restored", "skipped", "failed", "cancelled"}
-Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile"} first, once;
+Events     {"event": "ready", "ok", "version", "protocol", "device", "model", "compile", "takes_reference"} first,
+           once;
            {"id", "event": "progress", "done", "total", "item"} as each frame of a restore is decided; "item" is
            that frame's entry of the result's items, so a client whose engine dies before the final answer sends
            again only the frames no "item" has told of (an In Place frame already replaced must not be restored
@@ -168,6 +173,8 @@ def parse_request(message: dict) -> tuple:
             if not isinstance(value, bool):
                 raise ProtocolError(Code.BAD_REQUEST, f"'{key}' must be true or false", request_id)
             params[key] = value
+        params["reference"] = None if message.get("reference") is None else \
+            _path(message["reference"], "'reference' (a photo of the person)", request_id)
         params["faces"] = message.get("faces", "auto")
         if params["faces"] not in FACE_MODES:
             raise ProtocolError(Code.BAD_REQUEST, f"'faces' must be one of {', '.join(FACE_MODES)}", request_id)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import write_bytes_new
+from ..faces.reference import Reference, cannot_use, needs_one
 from ..images import encode_image
 from ..measure.fidelity import psnr, ssim
 from ..temporal.fusion import TemporalFusion
@@ -75,6 +76,7 @@ class Restored:
     after: np.ndarray
     path: Path  # the restored PNG (with the model's provenance text), for download
     note: str = ""
+    reference: np.ndarray | None = None  # uint8 RGB: the reference as the model saw it (its face crop for faces)
 
 
 @dataclass
@@ -108,8 +110,14 @@ class DemoActions:
         self._degradation = TrainingDegradation()
         self._lpips = None
 
+    @property
+    def takes_reference(self) -> bool:
+        return bool(getattr(self.pipeline, "takes_reference", False))
+
     # -- restore -------------------------------------------------------------------------------------------------
-    def restore(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> list[Restored]:
+    def restore(self, paths: list, faces: str = "auto", progress: Progress = _quiet,
+                reference: str | None = None) -> list[Restored]:
+        """`reference`: an uploaded photo of the person, for weights that take one (given beside every image)."""
         if not paths:
             raise UploadError("no image uploaded")
         if len(paths) > MAX_IMAGES:
@@ -117,17 +125,49 @@ class DemoActions:
                               f"of renders: `python -m engine restore FOLDER -o OUT`)")
         check_run_size(paths, "`python -m engine restore FOLDER -o OUT`")
         frames = [(display_name(p), load_image(p)) for p in paths]  # every upload checked before the first model call
+        photo = self._reference(reference, [f.rgb for _, f in frames], faces)
         run, results = self._run_folder("restore"), []
         for k, (name, frame) in enumerate(frames):
             progress(k / len(frames), f"restoring {name}")
             with self.lock:
-                result = self.pipeline.restore([frame.rgb], [faces])[0]
+                self.pipeline.set_reference(photo)  # the same object each time: its face found, its latent encoded
+                try:  # once
+                    result = self.pipeline.restore([frame.rgb], [faces])[0]
+                finally:
+                    self.pipeline.set_reference(None)  # the other tabs restore without it
             rgb = frame.rgb if result.rgb is None else result.rgb  # only-crops is not offered on the page
             png = encode_image(frame, rgb, ".png", self.pipeline.provenance)
             path = self._keep(run, f"{safe_stem(name)}_restored.png", png)
-            results.append(Restored(name, to_uint8(frame.rgb), to_uint8(rgb), path, result.note))
+            seen = photo and (photo.faces.get(self.pipeline.size) if result.mode == "faces" else photo.rgb)
+            shown = None if seen is None else to_uint8(seen)
+            results.append(Restored(name, to_uint8(frame.rgb), to_uint8(rgb), path, result.note, shown))
         progress(1.0, "done")
         return results
+
+    def _reference(self, path: str | None, images: list, faces: str) -> Reference | None:
+        """The uploaded reference, checked against the weights and, where images will be restored face by face,
+        with its face found: every refusal (UploadError naming the visitor's file) before the first model call."""
+        if not path:
+            if self.takes_reference:
+                raise UploadError(needs_one("the loaded weights", "upload one beside the images"))
+            return None
+        name = display_name(path)
+        if not self.takes_reference:
+            raise UploadError(cannot_use(name, "the loaded weights"))
+        photo = Reference(load_image(path).rgb, name)
+        if any(self.pipeline.needs_faces(img.shape[1::-1], faces) for img in images):
+            from ..runtime import ReferenceError
+
+            with self.lock:  # the face detector is the pipeline's, one thread at a time
+                try:
+                    photo.face(self.pipeline.size, self.pipeline.detector)
+                except ReferenceError as e:
+                    raise UploadError(str(e)) from None
+        return photo
+
+    def _no_reference_needed(self) -> None:
+        if self.takes_reference:  # the tabs other than Restore take no reference upload
+            raise UploadError(needs_one("the loaded weights", "restore in the Restore tab, which takes one"))
 
     def _run_folder(self, action: str) -> Path:
         """A new folder for this request of `action`, in place of its previous request's, which Gradio has copied
@@ -150,6 +190,7 @@ class DemoActions:
     # -- degrade -> restore -----------------------------------------------------------------------------------------
     def degrade_restore(self, path, seed: int = 0, progress: Progress = _quiet) -> DegradeResult:
         """Raises degradation.TrainingMissing where the `training` package is not installed."""
+        self._no_reference_needed()
         frame = load_image(path)
         progress(0.1, "finding the face")
         with self.lock:  # mediapipe's graphs are not for two threads at once either
@@ -186,6 +227,7 @@ class DemoActions:
     def sequence(self, paths: list, faces: str = "auto", progress: Progress = _quiet) -> SequenceResult:
         from ..temporal.flicker import measure_many
 
+        self._no_reference_needed()
         named = sequence_frames(paths)
         per_frame, temporal, files = [], [], {}  # outputs kept as 8-bit and as encoded PNGs, not as float
         fusion = TemporalFusion()

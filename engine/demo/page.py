@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # studios run this offline: no phoning home
 
@@ -28,6 +29,13 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
 
 # the playback fills its box: small frames are not shown at their own size in a corner
 CSS = "#sequence-playback img {width: 100%; height: 100%; object-fit: contain}"
+# the shipped example render (a checkout's examples/; the engine wheel has none, and then no example is offered)
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "splat_face.png"
+
+
+def example_files() -> list[str]:
+    """The one-click examples: the files a visitor can try the page with, without an image of their own."""
+    return [str(EXAMPLE)] if EXAMPLE.is_file() else []
 
 
 class Refused(Exception):
@@ -80,14 +88,18 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
         if license is not None and not accepted:
             raise Refused(f"accept the {license.name} above before the first restore")
 
-    @_guard(outputs=5, status=3)
-    def restore(files, faces, accepted, progress=gr.Progress()):
+    @_guard(outputs=6, status=3)
+    def restore(files, faces, accepted, reference=None, progress=gr.Progress()):
         check_license(accepted)
-        results = actions.restore(_paths(files), faces, lambda f, d: progress(f, desc=d))
+        reference = (_paths(reference) or [None])[0]
+        results = actions.restore(_paths(files), faces, lambda f, d: progress(f, desc=d), reference=reference)
         notes = [_md(f"{r.name}: {r.note}") for r in results if r.note]
         status = f"Restored {len(results)} image{'s' * (len(results) != 1)}." + "".join(f"\n\n{n}" for n in notes)
+        if reference:
+            status += f"\n\nWith the reference photo {_md(Path(reference).name)}."
         return ((results[0].before, results[0].after), [(r.after, r.name) for r in results],
-                [str(r.path) for r in results], status, [(r.before, r.after) for r in results])
+                [str(r.path) for r in results], status, [(r.before, r.after) for r in results],
+                results[0].reference)
 
     def pick(pairs, evt: gr.SelectData):
         return pairs[evt.index] if pairs and evt.index is not None and evt.index < len(pairs) else gr.skip()
@@ -134,16 +146,28 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                     files = gr.File(label="Renders (PNG, JPEG, TIFF, WebP)", file_count="multiple",
                                     elem_id="restore-input")
                     faces = gr.Radio(FACES, value="auto", label="Restore")
+                    # only weights that take a reference (Difix-ref, --reference training) are offered the upload
+                    reference = gr.File(label="Reference photo of the person" + (
+                        " (these weights need one)" if actions.takes_reference else " (optional)"),
+                        file_count="single", visible=actions.takes_reference, elem_id="restore-reference")
                     go = gr.Button("Restore", variant="primary", elem_id="restore-button")
                     status = gr.Markdown(elem_id="restore-status")
+                    if example_files():
+                        gr.Examples([[example_files()]], [files], label="Example render (click to load it)",
+                                    elem_id="restore-example")
                 with gr.Column():
                     slider = gr.ImageSlider(label="before | after", type="numpy", format=LOSSLESS,
                                             elem_id="restore-slider")
                     gallery = gr.Gallery(label="restored (click to compare)", columns=4, format=LOSSLESS,
                                          elem_id="restore-gallery")
                     downloads = gr.File(label="Download", file_count="multiple", elem_id="restore-downloads")
+                    shown_reference = gr.Image(label="reference (as the restorer saw it: its face crop when "
+                                                     "faces are restored)", type="numpy", interactive=False,
+                                               height=320, format=LOSSLESS, visible=actions.takes_reference,
+                                               elem_id="restore-reference-shown")
             pairs = gr.State([])
-            go.click(restore, [files, faces, accepted], [slider, gallery, downloads, status, pairs])
+            go.click(restore, [files, faces, accepted, reference],
+                     [slider, gallery, downloads, status, pairs, shown_reference])
             gallery.select(pick, pairs, slider)
         # hidden in an engine without training/ (the wheel Blender installs)
         with gr.Tab("Degrade → Restore", visible=training_available()):
@@ -153,6 +177,9 @@ def build_page(actions: DemoActions, model: str, license=None) -> gr.Blocks:
                     seed = gr.Number(value=7, precision=0, label="Degradation seed")
                     go = gr.Button("Degrade and restore", variant="primary", elem_id="degrade-button")
                     metrics = gr.Markdown(elem_id="degrade-metrics")
+                    if example_files():
+                        gr.Examples([[example_files()[0]]], [clean], label="Example render (click to load it)",
+                                    elem_id="degrade-example")
                 with gr.Column():
                     with gr.Row():
                         shown = [gr.Image(label=label, type="numpy", interactive=False, height=320,

@@ -5,6 +5,9 @@ show it clothes and background it never saw, and give a small face too few pixel
 (mode "auto") have their faces cut out with the training framing, restored together, and pasted back as feathered
 changes; everything else in the frame keeps its exact values. Frames no larger than the model are already crops
 and are restored whole, as is every frame in mode "off" (tiled when large).
+
+Weights that take a reference photo (reference.py) get the whole photo beside whole and tiled frames, and the
+photo's face, cut with the same framing as the frames' faces, beside each face crop.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import numpy as np
 from blender_addon.engine_link.protocol import FACE_MODES as MODES
 
 from .align import blend_mask, paste_changes
+from .reference import Reference, cannot_use, needs_one, reference_error
 
 PERSON_SIZE = 256  # the selfie segmenter reads 256 x 256; a larger crop only costs time
 
@@ -65,6 +69,43 @@ class FramePipeline:
         self.min_face = int(min_face)
         self._detector, self._detector_given = detector, detector is not None
         self.timings = Timings()
+        self.reference: Reference | None = None
+
+    @property
+    def takes_reference(self) -> bool:
+        return bool(getattr(self.runner, "takes_reference", False))
+
+    def set_reference(self, reference: Reference | np.ndarray | None, name: str = "reference photo") -> None:
+        """The photo given beside every frame from now on (None: none). Refused (ReferenceError) when the weights
+        cannot use one. The same Reference object set again keeps its face, found once."""
+        if reference is not None and not isinstance(reference, Reference):
+            reference = Reference(np.ascontiguousarray(reference, np.float32), name)
+        if reference is not None and not self.takes_reference:
+            raise reference_error(cannot_use(reference.name, self.weights_name))
+        self.reference = reference
+
+    def reference_face(self) -> np.ndarray:
+        """The reference's face at the model's size, framed as the frames' faces are; ReferenceError without one."""
+        t = time.perf_counter()
+        try:
+            return self.reference.face(self.size, self.detector)
+        finally:
+            self.timings.align += time.perf_counter() - t
+
+    def check_reference(self, needs_faces: bool) -> None:
+        """Before a run: ReferenceError if these weights need a reference and none is set, or if frames will be
+        cut into faces (`needs_faces`) and the reference has no face. (One given to weights that cannot use it
+        was refused by set_reference.)"""
+        if self.reference is None and self.takes_reference:
+            raise reference_error(needs_one(self.weights_name))
+        if self.reference is not None and needs_faces:
+            self.reference_face()
+
+    @property
+    def weights_name(self) -> str:
+        """How messages name the weights: by their source when the runner knows it."""
+        info = getattr(self.runner, "info", None)
+        return f"the weights {info.source}" if getattr(info, "source", None) else "these weights"
 
     @property
     def batch_size(self) -> int:
@@ -83,7 +124,8 @@ class FramePipeline:
 
         return {**self.runner.describe(), "faces": {"modes": list(MODES), "min_face": self.min_face,
                                                       "crop_size": self.size,
-                                                      "available": faces_unavailable() is None}}
+                                                      "available": faces_unavailable() is None},
+                "takes_reference": self.takes_reference}
 
     def needs_faces(self, size: tuple[int, int] | None, mode: str) -> bool:
         """Whether a frame of `size` (width, height; None: unknown) goes through face detection in `mode`."""
@@ -113,7 +155,7 @@ class FramePipeline:
         whole = [i for i, (img, m) in enumerate(zip(images, modes)) if not self.uses_faces(img, m)]
         if whole:
             t = time.perf_counter()
-            for i, rgb in zip(whole, self.runner.restore([images[i] for i in whole])):
+            for i, rgb in zip(whole, self.runner.restore([images[i] for i in whole], **self._whole_reference())):
                 results[i] = FrameResult(rgb, "whole")
             self.timings.model += time.perf_counter() - t
         found = {}  # frame index -> [(DetectedFace, crop, mask)]
@@ -122,7 +164,7 @@ class FramePipeline:
                 found[i] = self._cut_faces(img)
         crops = [c for faces in found.values() for _, c, _ in faces]
         t = time.perf_counter()
-        restored = iter(self.runner.restore(crops, tiled=False) if crops else [])
+        restored = iter(self.runner.restore(crops, tiled=False, **self._face_reference()) if crops else [])
         self.timings.model += time.perf_counter() - t
         t = time.perf_counter()
         for i, faces in found.items():
@@ -137,6 +179,14 @@ class FramePipeline:
         self.timings.paste += time.perf_counter() - t
         self.timings.frames += len(images)
         return results
+
+    def _whole_reference(self) -> dict:
+        """The runner's reference argument for whole and tiled frames: the whole photo (none: no argument, so a
+        runner that takes none is called as before)."""
+        return {} if self.reference is None else {"reference": self.reference.rgb}
+
+    def _face_reference(self) -> dict:
+        return {} if self.reference is None else {"reference": self.reference_face()}
 
     def _cut_faces(self, image: np.ndarray) -> list:
         t = time.perf_counter()

@@ -6,6 +6,11 @@
                 carry LoRA too); the encoder is plain
     scheduler/, tokenizer/, text_encoder/   SD-Turbo's
 
+Difix-ref (`nvidia/difix_ref`) is the same layout with a UNet whose self-attention spans the frame's and a reference
+view's tokens. Its weights are a plain UNet2DConditionModel's; only the forward differs, and that is hub-side code
+(`unet/unet_2d_condition.py`, named by model_index.json's `unet` entry) which the engine never runs: it recognises
+the variant and gives the UNet model.CrossViewAttnProcessor instead (RestorerConfig.views = 2).
+
 Its forward is ours with another recipe (nv-tlabs/Difix3D src/model.py): input in [-1, 1], one UNet call at t=199
 with the prompt "remove degradation", DDPM's one-step x0, the skips at `gamma`. So this module only reads the
 recipe from the configs and fills our Pix2PixTurbo with the folder's tensors; nothing else in the engine knows Difix.
@@ -27,11 +32,16 @@ VAE_RECIPE_KEYS = ("lora_rank", "gamma", "ignore_skip")
 DIFIX_TIMESTEP = 199  # Difix3D's README and inference script: timesteps=[199]
 DIFIX_PROMPT = "remove degradation"
 DIFIX_ALPHA = 8.0  # peft's default; Difix never sets lora_alpha, so scale = 8 / lora_rank
+REFERENCE_HUB_IDS = ("nvidia/difix_ref",)
 NOTES = [
     "Difix samples the VAE posterior; this engine uses its mean (deterministic)",
     "x0 as Difix3D's one-step DDPMScheduler.step at t=199 computes it: (z - sqrt(1-a) eps) / sqrt(a)",
     "LoRA alpha is peft's default (8); Difix does not store it",
-    "the reference-view variant (Difix-ref, two views) is not supported",
+]
+REFERENCE_NOTES = [
+    "Difix-ref: each frame needs a reference photo; the UNet's self-attention spans the frame's and the reference's "
+    "tokens (Difix3D's mv_unet.py, as an attention processor on this UNet)",
+    "the reference is encoded once per size and never decoded: only the frame's view goes through the decoder",
 ]
 
 
@@ -40,6 +50,19 @@ def is_published_layout(folder: Path) -> bool:
         return "lora_rank" in json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+
+
+def views_of(folder: Path, name: str) -> int:
+    """2 for Difix-ref, known by its hub id or by its layout (model_index.json names hub-side code, not diffusers,
+    for the UNet), 1 for Difix."""
+    if name.strip().rstrip("/").lower() in REFERENCE_HUB_IDS:
+        return 2
+    try:
+        entry = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("unet")
+    except (OSError, ValueError, AttributeError):
+        return 1
+    library = entry[0] if isinstance(entry, list) and entry else None
+    return 2 if isinstance(library, str) and library != "diffusers" else 1
 
 
 def read_recipe(folder: Path, name: str) -> CheckpointInfo:
@@ -56,10 +79,12 @@ def read_recipe(folder: Path, name: str) -> CheckpointInfo:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"weights folder {folder}: vae/config.json has an unusable Difix recipe: {e}") from None
     scheduler = read_config(folder, "scheduler/scheduler_config.json")
+    views = views_of(folder, name)
     restorer = RestorerConfig(timestep=DIFIX_TIMESTEP, alpha_bar=alpha_bar(scheduler, DIFIX_TIMESTEP),
-                              input_range="-1,1", skip_gamma=gamma, unet_source="weights")
+                              input_range="-1,1", skip_gamma=gamma, unet_source="weights", views=views)
+    variant, notes = ("Difix-ref", NOTES + REFERENCE_NOTES) if views == 2 else ("Difix", list(NOTES))
     return CheckpointInfo(lora=lora, restorer=restorer, base=name, base_fingerprint="", prompt=DIFIX_PROMPT,
-                          source=f"Difix published layout ({name})", notes=NOTES, license=NVIDIA_DIFIX.id)
+                          source=f"{variant} published layout ({name})", notes=notes, license=NVIDIA_DIFIX.id)
 
 
 def load_published(folder: Path, info: CheckpointInfo) -> Pix2PixTurbo:
