@@ -292,8 +292,8 @@ MUTANTS: list[Mutant] = [
            ("tests/test_engine_install.py::test_a_new_engine_whose_probe_prints_no_description_is_not_switched_to",)),
     Mutant("a failed Install Engine into another folder becomes the engine in use",
            "blender_addon/engine_setup.py",
-           '    InstallState.error = str(job.error) if job.error is not None else ""\n    if job.error is not None:\n',
-           '    InstallState.error = str(job.error) if job.error is not None else ""\n'
+           '    InstallState.note = str(job.error) if cancelled else ""\n    if job.error is not None:\n',
+           '    InstallState.note = str(job.error) if cancelled else ""\n'
            '    _prefs().engine_folder = "" if job.installer.home == engine_home() else str(job.installer.home)\n'
            '    if job.error is not None:\n',
            ("tests/blender/test_engine_install.py::"
@@ -449,6 +449,51 @@ MUTANTS: list[Mutant] = [
            "        return kept\n",
            "        return clean\n",
            ("tests/test_pair_check.py::test_a_second_align_starts_again_from_the_originals_and_a_new_photo_replaces_them",)),
+    Mutant("Difix-ref: self-attention over the frame's tokens alone, the reference view never seen",
+           "engine/model.py",
+           "        joint = hidden_states.reshape(bv // self.views, self.views * n, d)\n",
+           "        joint = hidden_states\n",
+           ("tests/test_difix_ref.py::test_engine_matches_difix3d_mv_forward_in_fp32",)),
+    Mutant("Difix-ref: the fast path's SDPA processors replace the cross-view attention in every restore",
+           "engine/fastpath.py",
+           "p if isinstance(p, CrossViewAttnProcessor) else AttnProcessor2_0()",
+           "AttnProcessor2_0()",
+           ("tests/test_difix_ref.py::test_runner_output_is_difix3ds_through_the_fast_path",)),
+    Mutant("Difix-ref: a new reference photo restores with the previous photo's cached latent",
+           "engine/runtime.py",
+           "        entry = next((e for e in self._references if e[0] is reference), None)\n",
+           "        entry = self._references[-1] if self._references else None\n",
+           ("tests/test_difix_ref.py::test_runner_encodes_the_reference_once_per_shape",)),
+    Mutant("fetch: a cancelled download starts over from zero (a partial file per process, as the hub's own)",
+           "engine/weights/fetch.py",
+           "    part = folder / hub_cache.STATE_DIR / hub_cache.PARTIAL / entry.key\n",
+           "    part = folder / hub_cache.STATE_DIR / hub_cache.PARTIAL / f\"{entry.key}.{os.getpid()}\"\n",
+           ("tests/test_fetch.py::test_a_fetch_killed_halfway_is_refused_by_the_engine_and_the_next_fetch_"
+            "continues_it",)),
+    Mutant("fetch: Blender's online access is not asked before Fetch goes online",
+           "blender_addon/models_box.py",
+           '    refusal = online.refusal(f"Fetching {model.label}")\n',
+           '    refusal = ""\n',
+           ("tests/blender/test_models.py::test_with_online_access_off_fetch_and_install_engine_are_refused_saying_"
+            "where_to_turn_it_on",)),
+    Mutant("install: Cancel kills pip but not what it started, which keeps the install waiting",
+           "blender_addon/engine_install.py",
+           "            os.killpg(process.pid, signal.SIGKILL)\n",
+           "            process.kill()\n",
+           ("tests/blender/test_engine_install.py::test_cancel_stops_pip_and_keeps_the_engine_in_use_exactly_as_"
+            "it_was",)),
+    Mutant("reference: face crops get the whole reference photo, not its face cut with the frames' framing",
+           "engine/faces/restore.py",
+           '        return {} if self.reference is None else {"reference": self.reference_face()}\n',
+           '        return {} if self.reference is None else {"reference": self.reference.rgb}\n',
+           ("tests/test_reference_faces.py::test_the_references_face_is_framed_like_the_frames_face",)),
+    Mutant("reference: the service batches frames of requests with different reference photos together",
+           "engine/service.py",
+           "            if batch and job.reference != reference:  # served in a later batch, once this reference's "
+           "are done\n",
+           "            if False:\n",
+           ("tests/test_reference_service.py::test_a_reference_is_read_and_encoded_once_for_the_requests_that_name_"
+            "it",)),
 ]
 
 
