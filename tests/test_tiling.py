@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.model import RestorerConfig
 from engine.runtime import ModelRunner
 from engine.tiling import blend_tiles, plan_tiles, tile_weight
 
@@ -13,6 +14,7 @@ class PointwiseModel(torch.nn.Module):
     def __init__(self, size=8):
         super().__init__()
         self.unet = type("U", (), {"config": type("C", (), {"sample_size": size})()})()
+        self.config = RestorerConfig()  # the runner reads its recipe: frames alone, no reference view
         self.scale = torch.nn.Parameter(torch.tensor(0.5))
 
     def forward(self, x):
