@@ -98,14 +98,16 @@ MUTANTS: list[Mutant] = [
             "tests/test_temporal.py::test_flicker_cli_prints_per_frame_values_mean_and_ratio")),
     Mutant("evaluate's restored metrics computed on the degraded input",
            "training/evaluate.py",
-           '        images = {"degraded": degraded} | {side: r.restore([degraded])[0] for side, r in restorers.items()}\n',
+           '        images = {"degraded": degraded} | {side: _restore(r, degraded, reference) for side, r in '
+           'restorers.items()}\n',
            '        images = {"degraded": degraded} | {side: degraded for side in restorers}\n',
            ("tests/test_evaluate.py::test_with_a_model_that_returns_the_clean_image_the_restored_numbers_are_perfect",)),
     Mutant("evaluate's degraded baseline computed on the restored image",
            "training/evaluate.py",
-           '        images = {"degraded": degraded} | {side: r.restore([degraded])[0] for side, r in restorers.items()}\n',
-           '        images = {"degraded": restorers["restored"].restore([degraded])[0]} | {side: r.restore([degraded])[0] '
-           'for side, r in restorers.items()}\n',
+           '        images = {"degraded": degraded} | {side: _restore(r, degraded, reference) for side, r in '
+           'restorers.items()}\n',
+           '        images = {"degraded": _restore(restorers["restored"], degraded, reference)} | {side: '
+           '_restore(r, degraded, reference) for side, r in restorers.items()}\n',
            ("tests/test_evaluate.py::test_the_degraded_numbers_are_the_mean_psnr_and_ssim_of_the_degraded_inputs",)),
     Mutant("SSIM with a 7x7 box window instead of BasicSR's 11x11 Gaussian",
            "engine/measure/fidelity.py",
@@ -494,6 +496,18 @@ MUTANTS: list[Mutant] = [
            "            if False:\n",
            ("tests/test_reference_service.py::test_a_reference_is_read_and_encoded_once_for_the_requests_that_name_"
             "it",)),
+    Mutant("reference training: a pair may be shown its own clean image as its reference",
+           "training/references.py",
+           "            others = [n for n in members.get(group, []) if n != name]  # never the pair's own clean image\n",
+           "            others = members.get(group, [])\n",
+           ("tests/test_reference_training.py::test_an_identity_reference_is_another_photo_of_the_person_never_the_"
+            "pairs_own",)),
+    Mutant("reference training: the restorer is shown its own degraded frame instead of the reference",
+           "training/train.py",
+           "                    loss, last = recipe_loss(restore(model, x, ref[0] if ref else None), y, perceptual, cfg, m)\n",
+           "                    loss, last = recipe_loss(restore(model, x, x if ref else None), y, perceptual, cfg, m)\n",
+           ("tests/test_reference_training.py::test_trained_with_references_the_right_reference_restores_better_than_"
+            "a_wrong_one",)),
 ]
 
 

@@ -298,3 +298,38 @@ def test_check_pairs_names_the_files_its_manifest_does_not_list(tmp_path, capsys
     report = capsys.readouterr().out
     assert "1 complete pairs" in report and "not listed in manifest.jsonl, ignored: clean/old.png, degraded/old.png" \
         in report
+
+
+def test_identities_go_into_the_manifest_and_images_the_list_misses_are_named(tmp_path, capsys):
+    clean = _sources(tmp_path / "clean", ["000001.jpg", "000002.png", "stranger.png"])
+    (clean / "nested").mkdir()
+    cv2.imwrite(str(clean / "nested" / "000003.png"), np.full((72, 72, 3), 90, np.uint8))  # the list names files
+    ids = tmp_path / "identity_CelebA.txt"
+    ids.write_text("000001.jpg 2880\n000002.png 2880\n000003.png 17\n999999.jpg 5\n")
+    assert _degrade(clean, tmp_path / "pairs", "--identities", str(ids)) == 0
+    records = {r["name"]: r for r in map(json.loads, (tmp_path / "pairs" / "manifest.jsonl").open())}
+    assert {n: r.get("identity") for n, r in records.items()} == {
+        "000001.jpg": "2880", "000002.png": "2880", "nested/000003.png": "17", "stranger.png": None}
+    summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
+    assert summary["identities"] == 2 and summary["no_identity"] == ["stranger.png"]
+    assert "1 pairs not in" in capsys.readouterr().out and "stranger.png" in summary["no_identity"]
+    # training --reference draws from them: the two of identity 2880 show each other; the only photo of 17 and the
+    # stranger have nothing to show, and are named
+    from training.dataset import NoReferenceWarning, PairDataset
+
+    with pytest.warns(NoReferenceWarning, match=r"leaving out 2 pairs .*nested/000003 .*stranger \(no reference/"):
+        data = PairDataset(tmp_path / "pairs", "train", 64, reference=True)
+    assert data.names == ["000001", "000002"]
+    assert [data.reference_path(i).name for i in range(2)] == ["000002.png", "000001.png"]
+
+
+def test_an_identity_list_that_names_none_of_the_images_or_is_malformed_is_refused(tmp_path, capsys):
+    clean = _sources(tmp_path / "clean", ["a.png", "b.png"])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("000001.jpg 1\n")
+    assert _degrade(clean, tmp_path / "pairs", "--identities", str(ids)) == 2
+    assert "names none of the 2 images" in capsys.readouterr().err
+    ids.write_text("a.png\n")
+    assert _degrade(clean, tmp_path / "pairs", "--identities", str(ids)) == 2
+    assert f"identity list {ids} line 1 is 'a.png'" in capsys.readouterr().err
+    assert not (tmp_path / "pairs").exists()

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images without a detected face: degrade as one region (whole) or skip; both are listed")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the pairs an earlier degrade wrote to this folder (never files it did not write)")
+    p.add_argument("--identities", default=None, metavar="FILE",
+                   help="`image_name identity_id` per line (CelebA's identity_CelebA.txt): written into the manifest, "
+                        "so training --reference shows each pair another photo of the same person")
 
     p = sub.add_parser("fit", help="clean faces (or --pairs) -> degrade, train, evaluate, export, report (run again "
                                    "to resume)")
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder; the same command resumes it")
     p.add_argument("--test-count", type=int, default=None, help="images held out (default: a tenth, at least 1)")
     p.add_argument("--parser", default="auto", choices=["auto", "mediapipe", "segformer", "none"])
+    p.add_argument("--identities", default=None, metavar="FILE",
+                   help="with --reference: `image_name identity_id` per line for CLEAN_DIR (and --synthetic), so "
+                        "each pair is shown another photo of the same person")
     add_train_options(p)
 
     p = sub.add_parser("train", help="fine-tune the restorer on a pairs folder (accelerate launch for multi-GPU)")
@@ -113,6 +119,9 @@ def add_train_options(p) -> None:
     p.add_argument("--accept-license", action="store_true",
                    help="accept the licence of the --init weights (NVIDIA Difix: non-commercial use only; the "
                         "fine-tuned weights carry it)")
+    p.add_argument("--reference", action="store_true",
+                   help="train a restorer that takes a reference photo (as Difix-ref): each pair is shown "
+                        "reference/NAME.png, another photo of its identity, or another camera's photo")
     p.add_argument("--synthetic-share", type=float, default=defaults.synthetic_share,
                    help="share of each batch's samples taken from the synthetic pairs (default 0.3)")
     p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default=defaults.mixed_precision)
@@ -134,7 +143,10 @@ def cmd_degrade(a) -> int:
 
     from .prepare import PrepareOptions, collect_sources, prepare
 
+    from .references import read_identities
+
     options = PrepareOptions(size=a.size, seed=a.seed, parser=a.parser, segformer=a.segformer, no_face=a.no_face)
+    identities = read_identities(a.identities) if a.identities else None
     total = len(collect_sources(Path(a.clean_dir)))
     with tqdm(total=total, unit="img", file=sys.stderr) as bar:
         def progress(record):
@@ -142,11 +154,16 @@ def cmd_degrade(a) -> int:
                 bar.write(f"failed: {record['reason']}", file=sys.stderr)
             bar.update(1)
         summary = prepare(Path(a.clean_dir), Path(a.output), options, a.test_count, a.workers, progress,
-                          overwrite=a.overwrite)
+                          overwrite=a.overwrite, identities=identities,
+                          identities_source=f"identity list {a.identities}")
     print(f"parser: {summary['parser']}")
     print(f"{summary['pairs']} pairs ({summary['test']} test) -> {a.output}; {len(summary['no_face'])} without a "
           f"face{': ' + ', '.join(summary['no_face'][:10]) if summary['no_face'] else ''}; "
           f"{len(summary['failed'])} failed")
+    if identities is not None:
+        missing = summary["no_identity"]
+        print(f"{summary['identities']} identities; {len(missing)} pairs not in {a.identities} (no reference to draw)"
+              f"{': ' + ', '.join(missing[:10]) if missing else ''}")
     return 1 if summary["failed"] else 0
 
 
@@ -232,7 +249,8 @@ def cmd_fit(a) -> int:
         raise ValueError("--synthetic mixes synthetic pairs into --pairs DIR; with CLEAN_DIR every pair is synthetic "
                          "already")
     summary = fit(Path(a.clean_dir) if a.clean_dir else None, train_config(a, pairs=a.pairs or ""), a.test_count,
-                  a.parser, synthetic=Path(a.synthetic) if a.synthetic else None)
+                  a.parser, synthetic=Path(a.synthetic) if a.synthetic else None,
+                  identities=Path(a.identities) if a.identities else None)
     print_summary(summary)
     return 1 if summary.get("skipped") else 0  # as degrade: the rest was used, but the caller must know
 

@@ -9,6 +9,9 @@ GPU trains, indexed by micro-batch so that resuming at step N starts the loader 
 
 Pairs that `check-pairs` flagged (a current verdict in pair_check.json) are left out, with a warning naming them
 (`skipped`); validity masks come from `check-pairs --align` (valid/NAME.png, see aligned_files.py), all-valid without.
+
+With `reference=True` (training `--reference`) each sample also carries a reference photo of the same person
+(references.py says where it comes from), with its own crop and the pair's flip; pairs that have none are named.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ import cv2
 import numpy as np
 import torch
 
-from engine.images import read_image
+from engine.images import ImageError, read_image
 
 from .aligned_files import valid_mask_state, valid_path
 from .pair_check import flagged_pairs
-from .pairs import MANIFEST, manifest_splits, validate_pairs
+from .pairs import MANIFEST, manifest_splits, read_manifest, validate_pairs
+from .references import ReferenceIndex, fit_reference, reference_crop
 
 
 class PairError(ValueError):
@@ -42,13 +46,18 @@ class StaleValidMaskWarning(UserWarning):
     pass
 
 
+class NoReferenceWarning(UserWarning):
+    pass
+
+
 def _names(items) -> str:
     items = list(items)
     return ", ".join(items[:10]) + (" ..." if len(items) > 10 else "")
 
 
 class PairDataset:
-    def __init__(self, folder: str | Path, split: str = "train", size: int = 512, skip_flagged: bool = True):
+    def __init__(self, folder: str | Path, split: str = "train", size: int = 512, skip_flagged: bool = True,
+                 reference: bool = False):
         folder = Path(folder)
         report = validate_pairs(folder)
         if not report.ok:
@@ -67,10 +76,23 @@ class PairDataset:
                           + "; ".join(f"{n} ({r})" for n, r in list(self.skipped.items())[:10])
                           + (" ..." if len(self.skipped) > 10 else ""), FlaggedPairsWarning, stacklevel=2)
         rel = [(d, c, name) for d, c, name in rel if name not in self.skipped]
+        self.references, self.without_reference = None, {}
+        if reference and rel:
+            self.references = _reference_index(folder, report, splits, [name for _, _, name in rel], flagged)
+            self.without_reference = self.references.without
+            if self.without_reference:  # e.g. the only image of its identity in the folder: nothing to show it
+                warnings.warn(f"pair folder {folder}: leaving out {len(self.without_reference)} pairs without a "
+                              f"reference photo: " + "; ".join(f"{n} ({r})" for n, r in
+                                                                list(self.without_reference.items())[:10])
+                              + (" ..." if len(self.without_reference) > 10 else ""), NoReferenceWarning,
+                              stacklevel=2)
+                rel = [(d, c, name) for d, c, name in rel if name not in self.without_reference]
         if not rel:
             raise PairError(f"pair folder {folder} has no pairs in split {split!r}"
                             + (f" that check-pairs did not flag (flagged: {_names(self.skipped)})"
-                               if self.skipped else ""))
+                               if self.skipped else "")
+                            + (f" with a reference photo (without one: {_names(self.without_reference)})"
+                               if self.without_reference else ""))
         self.pairs = [(d, c) for d, c, _ in rel]
         self.names = [name for _, _, name in rel]
         self.size = size
@@ -115,9 +137,14 @@ class PairDataset:
             out[..., channel] = mask.astype(np.float32) / 255
         return out
 
-    def sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def reference_path(self, index: int, rng: np.random.Generator | None = None) -> Path:
+        """Pair `index`'s reference photo: drawn with `rng`, the fixed evaluation choice without."""
+        return self.references.draw(self.names[index], rng)
+
+    def sample(self, index: int, rng: np.random.Generator | None) -> tuple[torch.Tensor, ...]:
         """(3, size, size) degraded and clean, (2, size, size) damage mask and validity; random crop + flip with
-        `rng`, centre without."""
+        `rng`, centre without. With references, a fourth: the (3, size, size) reference, its own crop, the pair's
+        flip, drawn from a generator seeded by `rng` after the pair's draws (so a pair crops the same either way)."""
         degraded, clean = self.load(index)
         mask = self.load_mask(index, clean.shape)
         h, w = clean.shape[:2]
@@ -133,9 +160,19 @@ class PairDataset:
             crop = img[y:y + self.size, x:x + self.size]
             crop = crop[:, ::-1] if flip else crop
             out.append(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1))
-        return out[0] * 2 - 1, out[1] * 2 - 1, out[2]
+        if self.references is None:
+            return out[0] * 2 - 1, out[1] * 2 - 1, out[2]
+        ref_rng = None if rng is None else np.random.default_rng(int(rng.integers(0, 2 ** 63)))
+        path = self.reference_path(index, ref_rng)
+        try:
+            image = fit_reference(read_image(path).rgb, clean.shape[:2])
+        except ImageError as e:
+            raise PairError(f"the reference photo of pair {self.names[index]}: {e}") from None
+        ref = reference_crop(image, self.size, ref_rng, flip)
+        ref = torch.from_numpy(np.ascontiguousarray(ref)).permute(2, 0, 1)
+        return out[0] * 2 - 1, out[1] * 2 - 1, out[2], ref * 2 - 1
 
-    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, ...]:
         """Micro-batch number `index` of the run (the trainer counts them across steps, accumulation and
         processes): epochs are seeded permutations of the pairs, crops and flips seeded per sample."""
         n = len(self)
@@ -145,6 +182,15 @@ class PairDataset:
             order = np.random.default_rng([seed, epoch]).permutation(n)
             samples.append(self.sample(int(order[pos]), np.random.default_rng([seed, k, 7])))
         return tuple(torch.stack(t) for t in zip(*samples))
+
+
+def _reference_index(folder: Path, report, splits: dict, names: list[str], flagged: dict) -> ReferenceIndex:
+    """Candidates come from every pair the folder lists (all splits), the dataset's own split or not."""
+    clean = {c.relative_to(folder / "clean").with_suffix("").as_posix(): c for _, c in report.pairs}
+    records = read_manifest(folder)
+    by_name = None if records is None else {Path(r["file"]).with_suffix("").as_posix(): r for r in records
+                                            if "file" in r}
+    return ReferenceIndex(folder, names, clean, by_name, splits, set(flagged))
 
 
 def _grey(path: Path) -> np.ndarray | None:

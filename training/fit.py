@@ -13,6 +13,11 @@ Stages, each skipped when a previous invocation finished it (so the same command
                --init, the init restorer too, the one the fine-tune must beat)
   report    -> RUN/report.html
 Bad inputs (unreadable, too small, no face) are named and skipped; the rest trains.
+
+`--reference` trains a restorer that takes a reference photo: with CLEAN_DIR (and --synthetic) `--identities FILE`
+gives the degrade stage each image's identity, from which every pair is shown another photo of the same person; a
+--pairs folder brings its own (reference/NAME.png, identities, or another capture camera's photo: references.py).
+The export records views = 2, and evaluate restores each held-out pair with its reference.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ def pair_size(size: int) -> int:
     return (size * 9 // 8 + 7) // 8 * 8
 
 
-def degrade_with_progress(clean_dir: Path, out: Path, options, test_count: int, workers: int) -> dict:
+def degrade_with_progress(clean_dir: Path, out: Path, options, test_count: int, workers: int,
+                          identities: dict | None = None) -> dict:
     from tqdm import tqdm
 
     from .prepare import collect_sources, prepare
@@ -46,7 +52,7 @@ def degrade_with_progress(clean_dir: Path, out: Path, options, test_count: int, 
                 bar.write(f"skipped {record['source']}: {record['reason']}", file=sys.stderr)
             bar.update(1)
         # the run owns its pairs folder: without summary.json it holds an earlier degrade's unfinished output
-        return prepare(clean_dir, out, options, test_count, workers, progress, overwrite=True)
+        return prepare(clean_dir, out, options, test_count, workers, progress, overwrite=True, identities=identities)
 
 
 class FitRun:
@@ -71,19 +77,27 @@ SKIPPED_KEY = {"degrade": "skipped", "synthetic": "synthetic_skipped"}  # in fit
 
 
 def degrade_stage(run: FitRun, stage: str, clean_dir: Path, folder: Path, cfg: TrainConfig, test_count: int | None,
-                  parser: str, log) -> dict:
+                  parser: str, log, identities: Path | None = None) -> dict:
     """Clean images -> the pairs folder `folder` of the run (RUN/pairs, or RUN/synthetic for --synthetic)."""
-    from .prepare import PrepareOptions, collect_sources
+    from .prepare import PrepareOptions, collect_sources, identities_fingerprint
+    from .references import read_identities
 
+    ids = read_identities(identities) if identities else None
     if (folder / "summary.json").is_file():
-        log(f"{stage}: done ({folder}; delete it to degrade again)")
         summary = json.loads((folder / "summary.json").read_text())
+        recorded = summary.get("identity_list")
+        if recorded != identities_fingerprint(ids):  # its manifest holds the identities it was degraded with
+            how = ("without --identities, not with " + str(identities) if recorded is None else
+                   "with --identities, not without" if ids is None else f"with another --identities list than "
+                                                                        f"{identities}")
+            raise ValueError(f"{folder} was degraded {how}; delete it to degrade again, or use another --out")
+        log(f"{stage}: done ({folder}; delete it to degrade again)")
     else:
         if test_count is None:
             test_count = max(1, len(collect_sources(clean_dir)) // 10)
         options = PrepareOptions(size=pair_size(cfg.size), seed=cfg.seed, parser=parser, no_face="skip")
         start = time.perf_counter()
-        summary = degrade_with_progress(clean_dir, folder, options, test_count, max(1, cfg.workers))
+        summary = degrade_with_progress(clean_dir, folder, options, test_count, max(1, cfg.workers), ids)
         skipped = {**summary["failed"], **{n: "no face found" for n in summary["no_face"]}}
         run.finished(stage, time.perf_counter() - start, **{SKIPPED_KEY[stage]: skipped})
         log(f"{stage}: {summary['pairs']} pairs ({summary['test']} held out) at {options.size} px, parser "
@@ -105,16 +119,25 @@ def held_out_split(folder: Path, log) -> str:
 
 
 def fit(clean_dir: Path | None, cfg: TrainConfig, test_count: int | None = None, parser: str = "auto",
-        log=print, synthetic: Path | None = None) -> dict:
+        log=print, synthetic: Path | None = None, identities: Path | None = None) -> dict:
     """Run every unfinished stage; returns the summary printed at the end. Without `clean_dir`, `cfg.pairs` is
-    the pairs folder, used as it is; `synthetic` (clean images) then adds synthetic pairs."""
+    the pairs folder, used as it is; `synthetic` (clean images) then adds synthetic pairs. `identities` (an
+    `image_name identity_id` list) goes to the degrade stages, for --reference."""
     from .evaluate import evaluate, write_json
     from .pair_check import ensure_checked
     from .report import write_report
     from .starting_point import check_init_license
     from .train import train
 
-    check_init_license(cfg)  # a licence to accept stops the run before anything is written
+    check_init_license(cfg)  # a licence to accept (or an init of the wrong view count) stops the run before writing
+    degraded = clean_dir if clean_dir is not None else synthetic
+    if identities and degraded is None:
+        raise ValueError("--identities applies to the images fit degrades (CLEAN_DIR, --synthetic); a --pairs folder "
+                         "carries its own references (reference/NAME.png, identities in its manifest, or cameras)")
+    if cfg.reference and degraded is not None and not identities:
+        raise ValueError(f"--reference needs --identities FILE (`image_name identity_id` per line) for the images of "
+                         f"{degraded}: each pair is shown another photo of the same person, and fit cannot tell who "
+                         f"is who")
     run = FitRun(Path(cfg.out))
     mode = "clean" if clean_dir is not None else "pairs"
     made = run.record.get("mode", "clean" if run.record["seconds"] else mode)  # runs from before --pairs: clean
@@ -126,14 +149,14 @@ def fit(clean_dir: Path | None, cfg: TrainConfig, test_count: int | None = None,
 
     if clean_dir is not None:
         cfg = replace(cfg, pairs=str(run.pairs))
-        summary = degrade_stage(run, "degrade", clean_dir, run.pairs, cfg, test_count, parser, log)
+        summary = degrade_stage(run, "degrade", clean_dir, run.pairs, cfg, test_count, parser, log, identities)
         split = "test" if summary["test"] else "train"
     else:
         ensure_checked(Path(cfg.pairs), log)  # PAIR CHECK: the pairs it flags are left out of training and evaluation
         split = held_out_split(Path(cfg.pairs), log)
         if synthetic is not None:
             cfg = replace(cfg, synthetic_pairs=str(run.synthetic))
-            degrade_stage(run, "synthetic", synthetic, run.synthetic, cfg, 0, parser, log)
+            degrade_stage(run, "synthetic", synthetic, run.synthetic, cfg, 0, parser, log, identities)
 
     trained = run.record.get("trained_steps", -1)
     if trained >= cfg.steps:

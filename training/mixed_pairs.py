@@ -5,7 +5,8 @@ teaching the studio's own artifacts away. Which source a sample comes from is fi
 synthetic when floor((k + 1) * share) > floor(k * share), so exactly `share` of every stretch of samples is
 synthetic, evenly spread, and the count of synthetic samples before k is floor(k * share). Each source then walks
 its own seeded epoch permutations, and crops are seeded per sample as in PairDataset.batch: a micro-batch is a pure
-function of (seed, index), so a resumed run replays the same data exactly.
+function of (seed, index), so a resumed run replays the same data exactly. With `--reference` both sources carry
+references (PairDataset draws them per sample), the synthetic pairs from the identities their degrade was given.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class MixedPairs:
     def __init__(self, real: PairDataset, synthetic: PairDataset, share: float):
         if not 0 < share < 1:
             raise ValueError(f"--synthetic-share must be between 0 and 1 (exclusive), not {share}")
+        if (real.references is None) != (synthetic.references is None):  # a batch stacks one kind of sample
+            raise ValueError("real and synthetic pairs must both carry references (--reference) or neither")
         self.real, self.synthetic, self.share = real, synthetic, share
 
     def source(self, k: int) -> tuple[PairDataset, int, int]:
@@ -30,7 +33,7 @@ class MixedPairs:
             return self.synthetic, before, 1
         return self.real, k - before, 0
 
-    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, seed: int, index: int, batch_size: int) -> tuple[torch.Tensor, ...]:
         samples = []
         for k in range(index * batch_size, (index + 1) * batch_size):
             data, j, tag = self.source(k)

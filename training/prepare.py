@@ -8,6 +8,10 @@ not depend on worker count or order. Faces that are not found are listed in the 
 The pairs are written into a hidden folder beside the output and renamed into place when complete, so a pairs folder
 holds one run's pairs or none: a folder that already holds pairs is refused unless `--overwrite` says to replace it,
 and it is replaced only when everything in it is what an earlier degrade wrote (its manifest says which files).
+
+`--identities FILE` (CelebA's `image_name identity_id` list) writes each pair's `identity` into its manifest record,
+from which training `--reference` draws another photo of the same person; images the list does not name are listed
+in the summary (`no_identity`), and a list naming none of the images is an error.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from engine.images import ImageError, is_image_path, read_image
 from .degrade import DegradeConfig, degrade
 from .face_regions import REGIONS, make_parser, whole_image
 from .pairs import MANIFEST, PAIR_FOLDERS, read_manifest
+from .references import identity_of
 
 MIN_SIZE = 64
 # pair_check.json: `check-pairs` verdicts on these pairs, stale once they are replaced
@@ -207,19 +212,31 @@ def replace_folder(new: Path, out: Path) -> None:
     shutil.rmtree(old)
 
 
+def identities_fingerprint(identities: dict | None) -> str | None:
+    """Which identity list a degrade was given (summary.json: `fit` tells a run degraded with another list)."""
+    if identities is None:
+        return None
+    return hashlib.sha256(json.dumps(sorted(identities.items())).encode()).hexdigest()[:16]
+
+
 def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int = 0, workers: int = 1,
-            progress=None, overwrite: bool = False) -> dict:
+            progress=None, overwrite: bool = False, identities: dict | None = None,
+            identities_source: str = "the identity list") -> dict:
     """Degrade every image of `clean_dir` into the pairs folder `out` (new, empty, or with `overwrite` an earlier
-    degrade's output, replaced whole); returns the summary."""
+    degrade's output, replaced whole); returns the summary. `identities` ({image name: identity}) go into the
+    manifest."""
     sources = collect_sources(clean_dir)
     if test_count > len(sources):
         raise ValueError(f"--test-count {test_count} is more than the {len(sources)} images")
+    if identities is not None and not any(identity_of(identities, n) is not None for _, n in sources):
+        raise ValueError(f"{identities_source} names none of the {len(sources)} images of {clean_dir} (e.g. "
+                         f"{sources[0][1]}); it should list them by file name, `image_name identity_id` per line")
     out = out.resolve()
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        summary = _write_pairs(sources, staging, options, test_count, workers, progress)
+        summary = _write_pairs(sources, staging, options, test_count, workers, progress, identities)
         check_output(out, overwrite)  # again: the run took a while, and the folder may have changed meanwhile
         try:
             replace_folder(staging, out)
@@ -232,7 +249,7 @@ def prepare(clean_dir: Path, out: Path, options: PrepareOptions, test_count: int
 
 
 def _write_pairs(sources: list, out: Path, options: PrepareOptions, test_count: int, workers: int,
-                 progress) -> dict:
+                 progress, identities: dict | None = None) -> dict:
     jobs = [(p, n, "train") for p, n in sources]
     records = []
     local = Preparer(options, out)  # also parses the contact sheet
@@ -253,6 +270,9 @@ def _write_pairs(sources: list, out: Path, options: PrepareOptions, test_count: 
     splits = assign_splits(usable, min(test_count, len(usable)), options.seed)
     for r in records:
         r["split"] = splits.get(r["name"], r["split"])
+        identity = identity_of(identities, r["name"]) if identities is not None and "file" in r else None
+        if identity is not None:
+            r["identity"] = identity
     manifest = out / "manifest.jsonl"
     write_bytes_atomic(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
     summary = {"parser": note, "images": len(records), "pairs": sum(r["status"] != "failed" and "file" in r
@@ -260,6 +280,10 @@ def _write_pairs(sources: list, out: Path, options: PrepareOptions, test_count: 
                "no_face": [r["name"] for r in records if r.get("face") is False],
                "failed": {r["name"]: r["reason"] for r in records if r["status"] == "failed"},
                "test": sum(r["split"] == "test" and "file" in r for r in records), "seed": options.seed}
+    if identities is not None:
+        summary |= {"identities": len({r["identity"] for r in records if "identity" in r}),
+                    "no_identity": [r["name"] for r in records if "file" in r and "identity" not in r],
+                    "identity_list": identities_fingerprint(identities)}
     write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=1).encode())
     write_contact_sheet(out, [r for r in records if "file" in r][:8], local.parser)
     return summary

@@ -11,7 +11,9 @@ are: `out`, and `pairs`, `base`, `vgg_weights`, `init`, `synthetic_pairs`, which
 instead (the fingerprints of the pairs, of the base weights, of the VGG weights, of the init restorer's weights and
 of the synthetic pairs), so a moved folder resumes and a regenerated one does not. `warmup` is compared as the
 effective warmup (`warmup_steps`), so `--warmup 10` resumes a run whose implicit warmup was 10. Everything else is
-compared, the number of processes included; a deliberate change is a new run.
+compared, the number of processes included; a deliberate change is a new run. `reference` (training with reference
+photos, a 2-view restorer) is compared like any setting, and with it the pairs fingerprint covers which photos each
+pair may be shown (reference/ files, identities, cameras): other references are other data.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ FREE_ON_RESUME = frozenset({"steps", "stop_after", "save_every", "sample_every",
 FINGERPRINT_OF = {"base_fingerprint": "base", "pairs_fingerprint": "pairs", "vgg_fingerprint": "vgg_weights",
                   "init_fingerprint": "init", "synthetic_fingerprint": "synthetic_pairs"}
 # what a run recorded before these settings existed trained with
-RECORDED_LATER = {"synthetic_share": 0.3, "init_fingerprint": "", "synthetic_fingerprint": ""}
+RECORDED_LATER = {"synthetic_share": 0.3, "init_fingerprint": "", "synthetic_fingerprint": "", "reference": False}
 
 
 class RunMismatch(ValueError):
@@ -35,13 +37,19 @@ class RunMismatch(ValueError):
 
 def pairs_fingerprint(*datasets) -> str:
     """Which pairs each split holds, by name and file size: adding, removing, moving between splits or regenerating
-    pairs changes it (a regenerated PNG's size differs); moving the whole folder does not."""
+    pairs changes it (a regenerated PNG's size differs); moving the whole folder does not. With references, which
+    photos each pair may be shown, by name and size (unchanged without: runs from before references resume)."""
     h = hashlib.sha256()
     for data in datasets:
         h.update(b"split\n")
         for pair in data.pairs:
             for path in pair:
                 h.update(f"{path.relative_to(data.folder).as_posix()} {path.stat().st_size}\n".encode())
+        if getattr(data, "references", None) is not None:
+            for name in data.names:
+                shown = data.references.describe(name)
+                h.update(f"reference {name}: {' '.join(f'{p} {(data.folder / p).stat().st_size}' for p in shown)}"
+                         f"\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -14,7 +14,9 @@ computes is refused, naming them). Ctrl-C stops at the end of the current step, 
 KeyboardInterrupt; running the same command again continues exactly.
 
 `--init WEIGHTS` starts from a restorer that already works instead of SD-Turbo (starting_point.py); `--synthetic-pairs
-DIR` mixes a share of synthetic pairs into the training batches (mixed_pairs.py).
+DIR` mixes a share of synthetic pairs into the training batches (mixed_pairs.py). `--reference` trains a restorer
+that takes a reference photo (RestorerConfig.views = 2, as Difix-ref): each sample brings a photo of the same person
+(references.py) and the UNet's self-attention spans both views; no new parameters, the same LoRA.
 """
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ class TrainConfig:
     accept_license: bool = False  # of the init's weights (NVIDIA's for Difix)
     synthetic_pairs: str | None = None  # a pairs folder mixed into training batches at synthetic_share
     synthetic_share: float = 0.3
+    reference: bool = False  # train a 2-view restorer: every sample with a reference photo (references.py)
 
 
 MAX_WARMUP = 500
@@ -108,6 +111,11 @@ def lr_lambda(warmup: int, total: int):
             return (step + 1) / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
     return f
+
+
+def restore(model, x, reference=None):
+    """The model's forward, with the reference view when the run trains with one."""
+    return model(x) if reference is None else model(x, reference=reference)
 
 
 def recipe_loss(pred, target, perceptual: PerceptualLoss, cfg: TrainConfig, mask=None) -> tuple[torch.Tensor, dict]:
@@ -142,8 +150,10 @@ def held_out_loss(model, data: PairDataset, perceptual, cfg: TrainConfig, device
     sums: dict = {}
     n = min(count, len(data))
     for i in range(n):
-        x, y, m = data.sample(i, None)
-        _, parts = recipe_loss(model(x[None].to(device)), y[None].to(device), perceptual, cfg, m[None].to(device))
+        x, y, m, *ref = data.sample(i, None)
+        r = ref[0][None].to(device) if ref else None
+        _, parts = recipe_loss(restore(model, x[None].to(device), r), y[None].to(device), perceptual, cfg,
+                               m[None].to(device))
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v / n
     model.train(was_training)
@@ -151,7 +161,7 @@ def held_out_loss(model, data: PairDataset, perceptual, cfg: TrainConfig, device
 
 
 def save_sample_grid(path: Path, model, data: PairDataset, device, count: int = 4) -> None:
-    """input | restored | target, one row per held-out pair."""
+    """input | [reference |] restored | target, one row per held-out pair."""
     import cv2
 
     rows = []
@@ -159,9 +169,9 @@ def save_sample_grid(path: Path, model, data: PairDataset, device, count: int = 
         was_training = model.training
         model.eval()
         for i in range(min(count, len(data))):
-            x, y, _ = data.sample(i, None)
-            pred = model(x[None].to(device))[0].float().cpu()
-            rows.append(torch.cat([x, pred, y], dim=2))
+            x, y, _, *ref = data.sample(i, None)
+            pred = restore(model, x[None].to(device), ref[0][None].to(device) if ref else None)[0].float().cpu()
+            rows.append(torch.cat([x, *ref, pred, y], dim=2))
         model.train(was_training)
     grid = ((torch.cat(rows, dim=1).permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,11 +196,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                          f"on a machine without a GPU, launch with `accelerate launch --cpu` (or set "
                          f"ACCELERATE_USE_CPU=1)")
     set_seed(cfg.seed)
-    train_data = PairDataset(cfg.pairs, "train", cfg.size)
+    train_data = PairDataset(cfg.pairs, "train", cfg.size, reference=cfg.reference)
     if cfg.region_weight:
         train_data.require_masks()
     try:
-        test_data = PairDataset(cfg.pairs, "test", cfg.size)
+        test_data = PairDataset(cfg.pairs, "test", cfg.size, reference=cfg.reference)
     except ValueError:
         test_data = train_data  # no held-out split: report on training pairs, and say so
         log("no 'test' split in the pairs; held-out numbers use training pairs")
@@ -198,8 +208,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     for data in {id(d): d for d in (train_data, test_data)}.values():  # the log keeps what a warning may not
         for name, reason in data.skipped.items():
             log(f"skipped pair {name} (flagged by check-pairs: {reason})")
+        for name, reason in data.without_reference.items():
+            log(f"skipped pair {name} ({reason})")
 
-    synthetic = PairDataset(cfg.synthetic_pairs, "train", cfg.size) if cfg.synthetic_pairs else None
+    synthetic = (PairDataset(cfg.synthetic_pairs, "train", cfg.size, reference=cfg.reference)
+                 if cfg.synthetic_pairs else None)
     if synthetic is not None:
         log(f"mixing {len(synthetic)} synthetic pairs from {cfg.synthetic_pairs} into the {len(train_data)} "
             f"training pairs: {cfg.synthetic_share:.0%} of every batch's samples")
@@ -226,8 +239,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     checkpointing = cfg.gradient_checkpointing
     if checkpointing is None:
         def one_step_loss(x):
-            with acc.autocast():
-                return recipe_loss(model(x), x, perceptual, cfg)[0]
+            with acc.autocast():  # a reference costs what any other view does: the frame itself stands in
+                return recipe_loss(restore(model, x, x if cfg.reference else None), x, perceptual, cfg)[0]
         model.train()
         checkpointing = measure_and_plan(core, one_step_loss, acc.device, cfg.batch_size, cfg.size, log)
     if checkpointing:
@@ -263,10 +276,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         while step < stop_at:
             lr = scheduler.get_last_lr()[0]  # the rate this step trains at (after scheduler.step(): the next one's)
             for micro in range(cfg.grad_accum):
-                x, y, m = (t.to(acc.device, non_blocking=True) for t in next(loader))
+                x, y, m, *ref = (t.to(acc.device, non_blocking=True) for t in next(loader))
                 sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
-                    loss, last = recipe_loss(model(x), y, perceptual, cfg, m)
+                    loss, last = recipe_loss(restore(model, x, ref[0] if ref else None), y, perceptual, cfg, m)
                 acc.backward(loss / cfg.grad_accum)
             acc.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
