@@ -1,5 +1,6 @@
 """The web page's work without a browser: uploads refused with reasons, restores kept and shared, degrade -> restore
 with metrics, sequences with their flicker, the licence gate. The page itself in Chromium: test_demo_browser.py."""
+import contextlib
 import io
 import sys
 import zipfile
@@ -151,17 +152,16 @@ def test_result_files_stay_bounded_over_100_requests(pipeline, tmp_path):
     assert max(held) <= 1.1 * max(held[:2])  # after 100 requests no more than after the first restore and sequence
 
 
-def test_the_page_serves_a_result_after_the_next_request_removed_its_folder(pipeline, tmp_path, monkeypatch):
-    """What the removal relies on: Gradio serves its own copy of a returned file, made before the next request."""
+@contextlib.contextmanager
+def served_page(actions, tmp_path, monkeypatch):
+    """The page served on a free loopback port, and a gradio client for it; closed afterwards."""
     import socket
 
-    import httpx
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     from engine.demo.page import build_page
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    actions = DemoActions(pipeline, tmp_path / "work")
     page = build_page(actions, "tiny")
     page.queue(default_concurrency_limit=1)
     with socket.socket() as s:
@@ -170,7 +170,18 @@ def test_the_page_serves_a_result_after_the_next_request_removed_its_folder(pipe
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
                 allowed_paths=[str(actions.workdir)])
     try:
-        client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+        yield Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+    finally:
+        page.close()
+
+
+def test_the_page_serves_a_result_after_the_next_request_removed_its_folder(pipeline, tmp_path, monkeypatch):
+    """What the removal relies on: Gradio serves its own copy of a returned file, made before the next request."""
+    import httpx
+    from gradio_client import handle_file
+
+    actions = DemoActions(pipeline, tmp_path / "work")
+    with served_page(actions, tmp_path, monkeypatch) as client:
         shots = [png(tmp_path / f"shot_{k}.png", noise(32, 32, seed=k)) for k in range(2)]
         first, second = (client.predict([handle_file(str(p))], "off", True, api_name="/restore")[2][0]
                          for p in shots)
@@ -180,8 +191,6 @@ def test_the_page_serves_a_result_after_the_next_request_removed_its_folder(pipe
         with Image.open(io.BytesIO(served.content)) as shown:
             assert shown.size == (32, 32) and shown.text["Splat Restore model"] == pipeline.runner.info.source
         assert [p.name for p in (tmp_path / "work").rglob("*.png")] == ["shot_1_restored.png"]
-    finally:
-        page.close()
 
 
 def test_one_bad_upload_stops_the_run_before_any_model_call(pipeline, tmp_path, monkeypatch):
@@ -387,26 +396,14 @@ def test_a_reference_without_a_face_is_refused_before_faces_are_restored(ref_pip
 
 
 def test_the_example_render_is_one_click_away_in_the_restore_and_degrade_tabs(pipeline, tmp_path, monkeypatch):
-    import socket
-
     import httpx
-    from gradio_client import Client
 
     from engine.demo.page import EXAMPLE, build_page, example_files
 
     assert example_files() == [str(EXAMPLE)] and EXAMPLE.name == "splat_face.png" and EXAMPLE.parent.name == \
         "examples"
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     actions = DemoActions(pipeline, tmp_path / "work")
-    page = build_page(actions, "tiny")
-    page.queue(default_concurrency_limit=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                allowed_paths=[str(actions.workdir)])
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+    with served_page(actions, tmp_path, monkeypatch) as client:
         # a click on the example: the Restore tab's renders become [the example], the Degrade tab's photo the example
         into_restore = client.predict(0, api_name="/load_example")
         into_degrade = client.predict(0, api_name="/load_example_1")
@@ -415,8 +412,6 @@ def test_the_example_render_is_one_click_away_in_the_restore_and_degrade_tabs(pi
         for f in (loaded, also):
             served = httpx.get(f["url"])
             assert f["orig_name"] == "splat_face.png" and served.content == EXAMPLE.read_bytes()
-    finally:
-        page.close()
     monkeypatch.setattr("engine.demo.page.EXAMPLE", tmp_path / "none.png")  # the engine wheel ships no examples/
     bare = build_page(actions, "tiny")
     assert not [b for b in bare.blocks.values() if "example" in (getattr(b, "elem_id", None) or "")]
