@@ -64,6 +64,29 @@ def _add_runtime_args(p: argparse.ArgumentParser, license_flag: bool = True) -> 
                    help="tile size for frames larger than it (default: the model's size, 512 for SD-Turbo)")
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+    return parse
+
+
+def _add_frame_path_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_count(0), default=None, metavar="N",
+                   help="CPU worker threads that decode, find faces, paste, fuse and write frames while the model "
+                        "runs (default: one per core; 0: every step on one thread, one frame after another). "
+                        "Outputs are the same either way")
+    p.add_argument("--detect-every", type=_count(1), default=12, metavar="N",
+                   help="in animations (--temporal, or frames sent with a sequence), faces are tracked from the "
+                        "frame before and detected afresh every N frames, or when tracking loses one (1: detect "
+                        "every frame); the crop is smoothed over time either way")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine", description="Splat Restore engine")
     ap.add_argument("--version", action="version", version=f"splat-restore {__version__}")
@@ -86,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal", action="store_true",
                    help="each input folder's frames are one animation, in natural name order (f_2 before f_10): "
                         "each frame is fused with the one before along optical flow, so they do not flicker")
+    _add_frame_path_args(p)
     p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
                    help="restore only the K-th of N equal runs of the inputs (K from 0), e.g. one per farm node; "
                         "under accelerate launch or torchrun RANK/WORLD_SIZE pick it")
@@ -96,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="keep the restorer loaded and answer JSON lines on stdin/stdout "
                                       "(faces mode per request)")
     _add_runtime_args(p)
+    _add_frame_path_args(p)
 
     p = sub.add_parser("demo", help="a web page to try the restorer: restore, degrade -> restore, sequences "
                                      "(needs the demo extra: pip install splat-restore[demo])")
@@ -150,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=_min_face, default=72)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench-pipeline", help="end-to-end frames/s of a folder of frames against each stage's own "
+                                               "rate: how close the pipelined frame path gets to its slowest stage")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    p.add_argument("--base", default=None)
+    _add_license_arg(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--batch-size", type=_count(1), default=1)
+    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto")
+    p.add_argument("--size", default="1920x1080", help="frame size WxH")
+    p.add_argument("--faces", type=_count(0), default=1, help="moving faces in each frame (0: whole frames)")
+    p.add_argument("--frames", type=_count(2), default=48)
+    p.add_argument("--temporal", action="store_true", help="the frames are one animation, fused as restore does")
+    p.add_argument("--min-face", type=_min_face, default=72)
+    _add_frame_path_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("flicker", help="warping error of a frame sequence: how much it flickers")

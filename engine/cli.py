@@ -1,5 +1,5 @@
 """`python -m engine ...`: the commands (restore, serve, demo, info, bench, bench-protocol, bench-faces, fetch,
-import-pix2pix-turbo, flicker, bench-temporal); their arguments are in arguments.py.
+import-pix2pix-turbo, import-photos, flicker, bench-temporal, bench-pipeline); their arguments are in arguments.py.
 
 Exit codes: 0 all done, 1 something failed (each failure is named on stderr), 2 usage errors.
 """
@@ -24,7 +24,8 @@ def cmd_restore(a) -> int:
     from tqdm import tqdm
 
     from .faces.restore import FramePipeline
-    from .jobs import collect_items, restore_items
+    from .jobs import collect_items
+    from .pipeline.run import default_workers, restore_items
     from .weights.loading import check_license
     from .runtime import ModelRunner, warn_if_gpu_unused
     from .shards import rank_device, shard_from_env, shard_start, take_shard
@@ -68,7 +69,8 @@ def cmd_restore(a) -> int:
                                         batch_size=a.batch_size, tile=a.tile, compile=a.compile,
                                         compile_cache=a.compile_cache)
     warn_if_gpu_unused(a.device, restorer.device)
-    pipeline = FramePipeline(restorer, a.min_face)
+    pipeline = FramePipeline(restorer, a.min_face, detect_every=a.detect_every)
+    workers = default_workers() if a.workers is None else a.workers
     missing = _faces_missing(pipeline, items, a.faces)
     if missing:
         print(f"error: {missing}", file=sys.stderr)
@@ -93,7 +95,8 @@ def cmd_restore(a) -> int:
                 no_face += 1
                 bar.write(f"{o.item.input}: {o.note}", file=sys.stderr)
             bar.update(1)
-        restore_items(pipeline, items, a.skip_existing, a.overwrite, on_outcome=on_outcome, temporal=temporal)
+        restore_items(pipeline, items, a.skip_existing, a.overwrite, on_outcome=on_outcome, temporal=temporal,
+                      workers=workers)
     took = time.perf_counter() - loaded
     per = took / counts["restored"] if counts["restored"] else 0.0
     found = f", {faces} faces ({no_face} frames without one)" if faces or no_face else ""
@@ -213,6 +216,15 @@ def cmd_bench_faces(a) -> int:
     return 0
 
 
+def cmd_bench_pipeline(a) -> int:
+    from .benches.pipeline import print_table, run
+
+    width, height = _frame_size(a.size)
+    r = run(a, width, height)
+    print(json.dumps(r)) if a.json else print_table(r)
+    return 0
+
+
 def cmd_flicker(a) -> int:
     from .images import ImageError
     from .temporal.flicker import measure_folders
@@ -263,7 +275,8 @@ def cmd_demo(a) -> int:
 
 COMMANDS = {"restore": cmd_restore, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info, "bench": cmd_bench,
             "bench-protocol": cmd_bench_protocol, "bench-faces": cmd_bench_faces, "fetch": cmd_fetch,
-            "import-pix2pix-turbo": cmd_import, "import-photos": cmd_import_photos, "flicker": cmd_flicker, "bench-temporal": cmd_bench_temporal}
+            "import-pix2pix-turbo": cmd_import, "import-photos": cmd_import_photos, "flicker": cmd_flicker,
+            "bench-temporal": cmd_bench_temporal, "bench-pipeline": cmd_bench_pipeline}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,44 @@ def use_sdpa(model: Pix2PixTurbo) -> None:
             # cross-view attention (Difix-ref) is part of the model, not a speed choice: it stays (it runs SDPA too)
             module.set_attn_processor({name: p if isinstance(p, CrossViewAttnProcessor) else AttnProcessor2_0()
                                        for name, p in module.attn_processors.items()})
+
+
+def fuse_qkv(module: torch.nn.Module) -> int:
+    """Fuse each attention's input projections in `module` into one matmul, in place (q, k and v for
+    self-attention; k and v for cross-attention, whose q reads other tokens); returns how many attentions.
+
+    For inference after merge_lora: the fused weight is the merged weights concatenated and the separate projections
+    are dropped, so the parameter count stays. Each processor runs the fused projections, cross-view attention too
+    (its inner SDPA processor becomes the fused one). Not part of the default fast path until a GPU measures it faster.
+    """
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
+
+    from .model import CrossViewAttnProcessor
+
+    attentions = [(name, m) for name, m in module.named_modules() if isinstance(m, Attention)]
+    for name, attn in attentions:  # every one checked before any changes: no half-fused model
+        if getattr(attn, "fused_projections", False):
+            raise ValueError(f"cannot fuse {name}: its projections are fused already")
+        for proj in _projections(attn):
+            if type(getattr(attn, proj)) is not torch.nn.Linear:
+                raise ValueError(f"cannot fuse {name}.{proj}: it is a {type(getattr(attn, proj)).__name__}, not a "
+                                 f"plain Linear (merge the LoRA adapters first, model.merge_lora)")
+        if not isinstance(attn.processor, (AttnProcessor2_0, CrossViewAttnProcessor)):
+            raise ValueError(f"cannot fuse {name}: its attention processor {type(attn.processor).__name__} has no "
+                             f"fused form (use_sdpa first)")
+    for _, attn in attentions:
+        attn.fuse_projections()
+        for proj in _projections(attn):
+            delattr(attn, proj)
+        if isinstance(attn.processor, CrossViewAttnProcessor):
+            attn.processor.attend = FusedAttnProcessor2_0()
+        else:
+            attn.set_processor(FusedAttnProcessor2_0())
+    return len(attentions)
+
+
+def _projections(attn) -> tuple[str, ...]:
+    return ("to_k", "to_v") if attn.is_cross_attention else ("to_q", "to_k", "to_v")
 
 
 def inductor_mode(device_type: str, compile_mode: str) -> str | None:
@@ -214,3 +253,57 @@ def compiling_now() -> bool:
     """Whether a FastForward of this process is in the middle of a compile."""
     return any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate())
 
+
+# the kernels behind F.scaled_dot_product_attention (torch.nn.attention.SDPBackend), as their aten ops name them
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math", "overrideable")
+
+
+@dataclass
+class AttentionCall:
+    """One SDPA call of an attention module: which kernel PyTorch dispatched it to, and (copies of) its inputs."""
+    module: str
+    cross: bool
+    kernel: str  # "flash", "efficient", "cudnn", "math" or "overrideable"
+    op: str  # the aten op, e.g. _scaled_dot_product_flash_attention_for_cpu
+    inputs: tuple  # query, key, value as SDPA got them (same shape, strides and dtype)
+
+
+def attention_kernels(model: torch.nn.Module, *args, **kwargs) -> list[AttentionCall]:
+    """Run `model(*args, **kwargs)` once (eager, in inference mode) and say which SDPA kernel each attention module's
+    call went to, as the dispatcher chose it under the current settings (dtype, head size, sdpa_kernel limits)."""
+    from diffusers.models.attention_processor import Attention
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[AttentionCall] = []
+    inside: list[tuple[str, bool]] = []
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+
+    class Observer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is sdpa:  # the composite op: run its own choice of kernel under this mode to see which it is
+                with self:
+                    return func.decompose(*args, **kwargs)
+            op = func.overloadpacket.__name__
+            if op.startswith("_scaled_dot_product") and inside:
+                kernel = next((b for b in SDPA_BACKENDS if b in op), op)
+                calls.append(AttentionCall(*inside[-1], kernel, op,
+                                           tuple(t.clone(memory_format=torch.preserve_format) for t in args[:3])))
+            return func(*args, **kwargs)
+
+    def leave(*_):  # a forward hook's return value would replace the module's output
+        inside.pop()
+
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, Attention):
+            entered = (name, m.is_cross_attention)
+            hooks.append(m.register_forward_pre_hook(lambda *_, e=entered: inside.append(e)))
+            hooks.append(m.register_forward_hook(leave))
+    try:
+        with torch.inference_mode(), Observer():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls

@@ -1,4 +1,5 @@
-"""Restoring files: which inputs map to which outputs, and running them through a ModelRunner one batch at a time.
+"""Restore jobs: which inputs map to which outputs, what was decided for each, and what is decided before any
+pixel is read (skip, or refuse a path). Restoring them is engine/pipeline's.
 
 Shared by the command line and the stdio service. Each item succeeds or fails on its own; a failure is a reason a
 user can act on, and an output is written atomically or not at all. Inputs are never modified unless the caller
@@ -7,14 +8,13 @@ explicitly allows writing over them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from blender_addon.engine_link.protocol import Code
 from blender_addon.engine_link.scan import path_problem, printable, scan_folder
 
-from .images import Frame, ImageError, read_image, write_image
 
 BAD_INPUT, BAD_OUTPUT, ENGINE_ERROR = Code.BAD_INPUT, Code.BAD_OUTPUT, Code.ENGINE_ERROR
 
@@ -123,101 +123,3 @@ def _check_output(item: Item, skip_existing: bool, overwrite: bool, allow_in_pla
 def crop_path(output: Path, index: int) -> Path:
     """Where only-crops mode writes a frame's face `index`: beside the frame's output, numbered."""
     return output.with_name(f"{output.stem}_face{index}{output.suffix}")
-
-
-def restore_group(pipeline, items: list[Item], report: Callable[[Outcome], None], temporal=None) -> None:
-    """Read, restore together (a faces.restore.FramePipeline) and write one group of frames; each reported once.
-    Items of a sequence are fused with their sequence's previous frame by `temporal` (a temporal.Sequences).
-
-    Whatever one frame raises (a decoder's cv2.error, a ValueError deep in a library, out of memory) costs that frame
-    only: the others are still restored and written.
-    """
-    loaded = []
-    for item in items:
-        try:
-            loaded.append((item, read_image(item.input)))
-        except ImageError as e:
-            report(Outcome(item, "failed", str(e), BAD_INPUT))
-        except Exception as e:  # noqa: BLE001 - an unforeseen decoder error on one odd file
-            report(Outcome(item, "failed", f"{item.input}: cannot read: {_describe(e)}", BAD_INPUT))
-    if loaded:
-        _restore_loaded(pipeline, loaded, report, temporal)
-
-
-def _describe(e: BaseException) -> str:
-    """The first line of the message; the exception's name too unless it is a RuntimeError (ours say enough)."""
-    text = str(e).strip().splitlines()
-    if isinstance(e, RuntimeError) and text:
-        return text[0]
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def _restore_loaded(pipeline, loaded: list, report: Callable[[Outcome], None], temporal=None) -> None:
-    try:
-        results = pipeline.restore([f.rgb for _, f in loaded], [item.faces for item, _ in loaded])
-    except Exception as e:  # noqa: BLE001
-        if len(loaded) > 1:  # which frame is at fault is unknown: give each its own try
-            for one in loaded:
-                _restore_loaded(pipeline, [one], report, temporal)
-            return
-        item = loaded[0][0]
-        report(Outcome(item, "failed", f"{item.input}: restorer failed: {_describe(e)}", ENGINE_ERROR))
-        return
-    for (item, frame), result in zip(loaded, results):
-        done = Outcome(item, "restored", mode=result.mode, faces=[f.to_dict() for f in result.faces],
-                       note=result.note)
-        try:
-            # fused before anything is written, so a sequence fuses alike whether or not its outputs can be written
-            if temporal is not None and item.sequence is not None and result.rgb is not None:
-                result.rgb = temporal.fuse(item.sequence, item.index, frame.rgb, result.rgb)
-            if item.preroll:
-                continue
-            item.output.parent.mkdir(parents=True, exist_ok=True)
-            if result.rgb is not None:
-                write_image(item.output, frame, result.rgb, pipeline.provenance)
-            else:
-                done.crops = _write_crops(item, frame, result.crops, pipeline.provenance)
-            report(done)
-        except ImageError as e:
-            report(Outcome(item, "failed", str(e), BAD_OUTPUT))
-        except OSError as e:
-            report(Outcome(item, "failed", f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT))
-        except Exception as e:  # noqa: BLE001 - e.g. an encoder's cv2.error: this output fails, the rest go on
-            report(Outcome(item, "failed", f"{item.output}: cannot write: {_describe(e)}", BAD_OUTPUT))
-
-
-def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path]:
-    paths = [crop_path(item.output, k) for k in range(len(crops))]
-    clash = [p for p in paths if p.exists() and not item.overwrite]
-    if clash:
-        raise ImageError(clash[0], "already exists (pass --overwrite to replace earlier crops)")
-    plain = replace(frame, alpha=None)  # crops carry no alpha, but keep the colour profile and bit depth
-    for path, crop in zip(paths, crops):
-        write_image(path, plain, crop, text)
-    return paths
-
-
-def restore_items(pipeline, items: list[Item], skip_existing: bool = False, overwrite: bool = False,
-                  allow_in_place: bool = False, on_outcome: Callable[[Outcome], None] | None = None,
-                  temporal=None) -> list[Outcome]:
-    """Restore `items` with a faces.restore.FramePipeline in groups of its batch size (sequences fused by
-    `temporal`, a temporal.Sequences, in the order given). Pre-roll items are restored and fused, not reported."""
-    outcomes = []
-
-    def report(o: Outcome):
-        if o.item.preroll:  # its own shard reports it
-            return
-        outcomes.append(o)
-        if on_outcome:
-            on_outcome(o)
-
-    pending = []
-    for item in items:
-        decided = None if item.preroll else check_item(item, skip_existing, overwrite, allow_in_place)
-        if decided:
-            report(decided)
-        else:
-            pending.append(item)
-    for k in range(0, len(pending), pipeline.batch_size):
-        restore_group(pipeline, pending[k:k + pipeline.batch_size], report, temporal)
-    return outcomes

@@ -1,7 +1,9 @@
 """`python -m engine serve`: the restorer loaded once, answering JSON lines on stdin/stdout.
 
 A reader thread parses requests and answers the quick ones (ping, info, cancel, shutdown) at once; the main thread
-restores queued frames in batches across requests, checking for cancellation between batches. stdout carries only
+restores queued frames in batches across requests through the pipelined frame path (engine/pipeline: worker threads
+read, find faces, paste, fuse and write while the main thread runs the model), taking the next batch while earlier
+ones are in flight; a cancelled request's frames already in flight finish before its answer. stdout carries only
 protocol lines: anything a library prints goes to stderr.
 
 A request may name a reference photo (weights that take one). A batch holds frames of one reference only; each photo
@@ -24,7 +26,8 @@ from blender_addon.engine_link.scan import printable
 from . import __version__
 from .faces.reference import ReferenceCache, cannot_use, needs_one
 from .images import header_size
-from .jobs import Item, Outcome, check_item, restore_group
+from .jobs import Item, Outcome, check_item
+from .pipeline.run import END, FramePath, Group
 from .temporal.sequences import Sequences
 
 
@@ -39,13 +42,14 @@ class RestoreJob:
     cancelled: bool = False
     reference: str | None = None  # the reference photo's path, as the request gave it
     refused: tuple | None = None  # (reason, code): why its frames all fail (its reference cannot be used)
+    in_flight: int = 0  # frames taken for restoring whose outcome has not come back yet
 
 
 class Service:
     """`pipeline`: a faces.restore.FramePipeline (restore(images, modes), batch_size, describe())."""
 
-    def __init__(self, pipeline, out, model_info: dict | None = None):
-        self.pipeline, self.out = pipeline, out
+    def __init__(self, pipeline, out, model_info: dict | None = None, workers: int = 0):
+        self.pipeline, self.out, self.workers = pipeline, out, workers
         self.model_info = model_info or {}
         self.write_lock = threading.Lock()
         self.cond = threading.Condition()
@@ -142,37 +146,44 @@ class Service:
 
     # worker side ------------------------------------------------------------------------------------------------
     def work_loop(self) -> None:
+        """Restore queued frames until closing with nothing left (see read_loop)."""
+        FramePath(self.pipeline, self.temporal, self.workers).run(self._next_group)
+
+    def _next_group(self, block: bool):
+        """The frame path's source: the next batch (a pipeline.run.Group), None if none now (block=False), END once
+        closing with no request left. Requests whose frames have all come back are answered on the way."""
         while True:
-            with self.cond:
-                while not self.jobs and not self.closing:
-                    self.cond.wait()
-                if not self.jobs and self.closing:
-                    return
-                batch, owners, reference = self._take_batch()
-            if batch:
-                self._restore(batch, owners, reference)
             self._finish_jobs()
+            with self.cond:
+                batch, owners, reference = self._take_batch()
+                if not batch:
+                    if any(self._done(j) for j in self.jobs):
+                        continue
+                    if self.closing and not self.jobs:
+                        return END
+                    if not block:
+                        return None
+                    self.cond.wait()
+                    continue
+            batch, photo = self._use_reference(reference, batch, owners)
+            if batch:
+                return Group(batch, lambda o, owners=owners: self._came_back(owners[id(o.item)], o),
+                             lambda photo=photo: self._set_reference(photo))
 
-    def _restore(self, batch: list, owners: dict, reference: str | None = None) -> None:
-        reported = set()
+    def _came_back(self, job: RestoreJob, outcome: Outcome) -> None:
+        self._record(job, outcome)
+        with self.cond:
+            job.in_flight -= 1
 
-        def report(o: Outcome):
-            reported.add(id(o.item))
-            self._record(owners[id(o.item)], o)
-        batch = self._use_reference(reference, batch, owners, report)
-        if not batch:
-            return
-        try:
-            restore_group(self.pipeline, batch, report, self.temporal)
-        except Exception as e:  # a bug or a device fault must cost these frames, not the service
-            print(f"error: restoring {len(batch)} frames failed: {e!r}", file=sys.stderr)
-            for item in batch:
-                if id(item) not in reported:
-                    report(Outcome(item, "failed", f"{item.input}: engine error: {e}", Code.ENGINE_ERROR))
+    def _set_reference(self, photo) -> None:
+        """Just before a batch's model pass: the pipeline gets that batch's reference photo (or none)."""
+        if photo is not self._reference_set:
+            self.pipeline.set_reference(photo)
+            self._reference_set = photo
 
-    def _use_reference(self, reference: str | None, batch: list, owners: dict, report) -> list:
-        """Give the pipeline the batch's reference photo (read once: self.references, which also sees a photo
-        replaced on disk); the frames that can be restored with it. A reference that cannot be read fails the batch
+    def _use_reference(self, reference: str | None, batch: list, owners: dict) -> tuple[list, object]:
+        """The batch's frames that can be restored with its reference photo, and the photo (read once:
+        self.references, which also sees a photo replaced on disk). A reference that cannot be read fails the batch
         and the rest of its requests; one without a face fails the frames that would be restored face by face."""
         from .runtime import ReferenceError
 
@@ -180,23 +191,20 @@ class Service:
         try:
             photo = None if reference is None else self.references.get(reference)
             loaded = True
-            if photo is not self._reference_set:
-                self.pipeline.set_reference(photo)
-                self._reference_set = photo
             if photo is None:
-                return batch
+                return batch, None
             faced = [i for i in batch if self.pipeline.needs_faces(header_size(i.input), i.faces)]
             if faced:
-                self.pipeline.reference_face()  # found once per photo; a photo without a face raises every time
-            return batch
+                self.pipeline.reference_face(photo)  # found once per photo; a photo without a face raises every time
+            return batch, photo
         except ReferenceError as e:
             if not loaded:  # unreadable: nothing of these requests can be restored
                 for item in batch:
                     owners[id(item)].refused = str(e), Code.BAD_INPUT
             for item in faced:
-                report(Outcome(item, "failed", str(e), Code.BAD_INPUT))
+                self._came_back(owners[id(item)], Outcome(item, "failed", str(e), Code.BAD_INPUT))
             failed = {id(i) for i in faced}
-            return [i for i in batch if id(i) not in failed]
+            return [i for i in batch if id(i) not in failed], (photo if loaded else None)
 
     def _take_batch(self):
         """Up to one batch of frames from the front of the queue, all of one reference photo (or none), and that
@@ -223,6 +231,7 @@ class Service:
                 else:
                     batch.append(item)
                     owners[id(item)] = job
+                    job.in_flight += 1
                     reference = job.reference
             if len(batch) >= self.pipeline.batch_size:
                 break
@@ -233,9 +242,14 @@ class Service:
         # the outcome itself, so that a client whose engine dies mid-request never resends a frame already written
         self.send(protocol.progress(job.id, len(job.outcomes), job.total, outcome.to_dict()))
 
+    @staticmethod
+    def _done(job: RestoreJob) -> bool:
+        """Answerable: nothing of it in flight, and cancelled or every frame's outcome in."""
+        return not job.in_flight and (job.cancelled or (not job.pending and len(job.outcomes) == job.total))
+
     def _finish_jobs(self) -> None:
         with self.cond:
-            done = [j for j in self.jobs if j.cancelled or (not j.pending and len(j.outcomes) == j.total)]
+            done = [j for j in self.jobs if self._done(j)]
             for j in done:
                 self.jobs.remove(j)
         for j in done:
@@ -268,6 +282,7 @@ def serve(args) -> int:
 
     from .faces.detect import faces_unavailable
     from .faces.restore import FramePipeline
+    from .pipeline.run import default_workers
     from .runtime import ModelRunner, warn_if_gpu_unused
 
     def ready_failure(message: str, code: str = Code.LOAD_FAILED, exit_code: int = 1) -> int:
@@ -289,10 +304,11 @@ def serve(args) -> int:
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
     info = restorer.info
-    pipeline = FramePipeline(restorer, args.min_face)
+    pipeline = FramePipeline(restorer, args.min_face, detect_every=args.detect_every)
     service = Service(pipeline, protocol_out,
                       {"weights": str(args.weights), "base": info.base, "source": info.source,
-                       "input_range": info.restorer.input_range})
+                       "input_range": info.restorer.input_range},
+                      default_workers() if args.workers is None else args.workers)
     service.send({"event": "ready", "ok": True, **service.describe()})
     compile_lock = threading.Lock()
 

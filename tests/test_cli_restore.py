@@ -132,27 +132,27 @@ def test_runs_as_a_module(tiny_weights, tmp_path):
 
 
 def test_one_frame_raising_anything_costs_that_frame_only(tiny_weights, tmp_path, monkeypatch, capsys):
-    import engine.jobs
+    import engine.pipeline.steps
     from engine.faces.restore import FramePipeline
 
     src = tmp_path / "in"
     for name in ("a.png", "b.png", "c.png", "d.png"):
         _write(src / name)
-    real_read, real_restore = engine.jobs.read_image, FramePipeline.restore
+    real_read, real_model = engine.pipeline.steps.read_image, FramePipeline.run_model
 
     def read(path):
         if Path(path).name == "a.png":
             raise cv2.error("imdecode exploded")
         return real_read(path)
 
-    def restore(self, images, modes):  # any batch holding c.png fails, as a library bug on one frame would
-        if any(np.array_equal(img, bad) for img in images):
+    def run_model(self, prepared):  # any batch holding c.png fails, as a library bug on one frame would
+        if any(np.array_equal(p.image, bad) for p in prepared):
             raise KeyError("tile")
-        return real_restore(self, images, modes)
+        return real_model(self, prepared)
 
     bad = read_image(_write(src / "c.png", seed=3)).rgb
-    monkeypatch.setattr(engine.jobs, "read_image", read)
-    monkeypatch.setattr(FramePipeline, "restore", restore)
+    monkeypatch.setattr(engine.pipeline.steps, "read_image", read)
+    monkeypatch.setattr(FramePipeline, "run_model", run_model)
     out = tmp_path / "out"
     assert main(["restore", str(src), "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu",
                  "--batch-size", "2"]) == 1

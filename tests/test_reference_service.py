@@ -125,7 +125,8 @@ def test_a_reference_without_a_face_fails_only_the_frames_restored_face_by_face(
 def test_frames_of_a_sequence_with_a_reference_are_fused_as_without_one(tiny_ref, tmp_path):
     """Temporal smoothing is the same with a reference: the restored frames, fused along the motion."""
     from engine.faces.reference import load_reference
-    from engine.jobs import Item, restore_items
+    from engine.jobs import Item
+    from engine.pipeline.run import restore_items
     from engine.temporal.bench import moving_face
     from engine.temporal.sequences import Sequences
 

@@ -256,14 +256,11 @@ def test_an_unexpected_fault_fails_the_frames_not_the_service(tiny_weights, tmp_
 
     from engine.service import Service
 
-    class Exploding:
-        batch_size, provenance = 2, {}
+    class Exploding(Passthrough):
+        batch_size = 2
 
-        def restore(self, images, modes):
+        def run_model(self, images):
             raise KeyError("simulated bug")
-
-        def describe(self):
-            return {}
 
     out = io.BytesIO()
     service = Service(Exploding(), out)
@@ -369,9 +366,15 @@ class Passthrough:
     def __init__(self):
         self.frames = 0
 
-    def restore(self, images, modes):
+    def prepare(self, image, mode, place=None):
+        return image
+
+    def run_model(self, images):
         self.frames += len(images)
-        return [FrameResult(rgb, "whole") for rgb in images]
+        return images
+
+    def finish(self, image, output):
+        return FrameResult(output, "whole")
 
     def describe(self):
         return {}

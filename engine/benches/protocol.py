@@ -21,7 +21,8 @@ def run(weights: str, base: str | None, frames: int, size: int, device: str) -> 
 
     from ..faces.restore import FramePipeline
     from ..images import read_image
-    from ..jobs import Item, restore_items
+    from ..jobs import Item
+    from ..pipeline.run import restore_items
     from ..runtime import ModelRunner
 
     restorer = ModelRunner.from_pretrained(weights, base, device=device)

@@ -160,7 +160,7 @@ class DemoActions:
 
             with self.lock:  # the face detector is the pipeline's, one thread at a time
                 try:
-                    photo.face(self.pipeline.size, self.pipeline.detector)
+                    self.pipeline.reference_face(photo)
                 except ReferenceError as e:
                     raise UploadError(str(e)) from None
         return photo

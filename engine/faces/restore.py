@@ -11,6 +11,8 @@ photo's face, cut with the same framing as the frames' faces, beside each face c
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ from .align import blend_mask, paste_changes
 from .reference import Reference, cannot_use, needs_one, reference_error
 
 PERSON_SIZE = 256  # the selfie segmenter reads 256 x 256; a larger crop only costs time
+DETECT_EVERY = 12  # animation frames between full face detections; tracked in between (faces.track)
 
 
 @dataclass
@@ -52,6 +55,14 @@ class FrameResult:
 
 
 @dataclass
+class Prepared:
+    """A frame ready for the model: whole (faces None), or its faces cut: [(DetectedFace, crop, paste mask)]."""
+    image: np.ndarray
+    mode: str
+    faces: list | None = None
+
+
+@dataclass
 class Timings:
     """Seconds spent per stage, summed over calls; the benchmark prints them per frame."""
     detect: float = 0.0
@@ -62,13 +73,28 @@ class Timings:
 
 
 class FramePipeline:
-    """A ModelRunner plus the face pipeline. `restore(images, modes)` takes float32 (H, W, 3) frames in [0, 1]."""
+    """A ModelRunner plus the face pipeline. `restore(images, modes)` takes float32 (H, W, 3) frames in [0, 1].
 
-    def __init__(self, runner, min_face: int = 72, detector=None):
+    Its three steps, `prepare` (faces found and cut), `run_model` and `finish` (pasted back), are what the pipelined
+    frame path (engine/pipeline) runs on worker threads and the model's thread; `restore` runs them one after
+    another. Threads preparing frames at once detect with face detectors of their own (mediapipe's graphs are not
+    thread-safe); a detector given here is shared, one thread at a time. `detect_every`: animation frames (given a place) have
+    their faces tracked from the frame before and detected afresh every that many frames (faces.track); 1 detects
+    every frame."""
+
+    def __init__(self, runner, min_face: int = 72, detector=None, detect_every: int = DETECT_EVERY):
+        from .track import FaceTracker
+
         self.runner = runner
         self.min_face = int(min_face)
-        self._detector, self._detector_given = detector, detector is not None
+        self._given = detector
+        self._given_lock = threading.Lock()
+        self._made: list = []  # every detector made here, closed by close()
+        self._idle: list = []  # those of them no thread is using now
+        self._made_lock = threading.Lock()
+        self.tracker = FaceTracker(detect_every)
         self.timings = Timings()
+        self._timing_lock = threading.Lock()
         self.reference: Reference | None = None
 
     @property
@@ -84,13 +110,15 @@ class FramePipeline:
             raise reference_error(cannot_use(reference.name, self.weights_name))
         self.reference = reference
 
-    def reference_face(self) -> np.ndarray:
-        """The reference's face at the model's size, framed as the frames' faces are; ReferenceError without one."""
+    def reference_face(self, reference: Reference | None = None) -> np.ndarray:
+        """The reference's face (default: the one set) at the model's size, framed as the frames' faces are;
+        ReferenceError without one."""
         t = time.perf_counter()
         try:
-            return self.reference.face(self.size, self.detector)
+            with self.detection() as detector:
+                return (self.reference if reference is None else reference).face(self.size, detector)
         finally:
-            self.timings.align += time.perf_counter() - t
+            self._spent("align", time.perf_counter() - t)
 
     def check_reference(self, needs_faces: bool) -> None:
         """Before a run: ReferenceError if these weights need a reference and none is set, or if frames will be
@@ -131,54 +159,86 @@ class FramePipeline:
         """Whether a frame of `size` (width, height; None: unknown) goes through face detection in `mode`."""
         return mode == "only-crops" or (mode == "auto" and size is not None and max(size) > self.size)
 
-    @property
-    def detector(self):
-        if self._detector is None:
+    @contextlib.contextmanager
+    def detection(self):
+        """A detector for this thread to use alone: the given one (held by one thread at a time), else an idle one
+        of those made here (one is made when all are busy), so a pool of workers keeps as many as run at once."""
+        if self._given is not None:
+            with self._given_lock:
+                yield self._given
+            return
+        with self._made_lock:
+            detector = self._idle.pop() if self._idle else None
+        if detector is None:
             from .detect import FaceDetector
 
-            self._detector = FaceDetector(self.min_face)
-        return self._detector
+            detector = FaceDetector(self.min_face)
+            with self._made_lock:
+                self._made.append(detector)
+        try:
+            yield detector
+        finally:
+            with self._made_lock:
+                if detector in self._made:  # not closed meanwhile
+                    self._idle.append(detector)
 
     def close(self) -> None:
-        """Close the face detector this made (its graphs' native threads); a later face frame opens a new one."""
-        if self._detector is not None and not self._detector_given:
-            self._detector.close()
-            self._detector = None
+        """Close the face detectors this made (their graphs' native threads); a later face frame opens new ones.
+        Called once no frame is being prepared."""
+        with self._made_lock:
+            made, self._made, self._idle = self._made, [], []
+        for detector in made:
+            detector.close()
 
     def uses_faces(self, image: np.ndarray, mode: str) -> bool:
         if mode not in MODES:
             raise ValueError(f"unknown faces mode {mode!r}; use {', '.join(MODES)}")
         return self.needs_faces(image.shape[1::-1], mode)
 
-    def restore(self, images: list[np.ndarray], modes: list[str]) -> list[FrameResult]:
-        results: list[FrameResult | None] = [None] * len(images)
-        whole = [i for i, (img, m) in enumerate(zip(images, modes)) if not self.uses_faces(img, m)]
-        if whole:
-            t = time.perf_counter()
-            for i, rgb in zip(whole, self.runner.restore([images[i] for i in whole], **self._whole_reference())):
-                results[i] = FrameResult(rgb, "whole")
-            self.timings.model += time.perf_counter() - t
-        found = {}  # frame index -> [(DetectedFace, crop, mask)]
-        for i, img in enumerate(images):
-            if results[i] is None:
-                found[i] = self._cut_faces(img)
-        crops = [c for faces in found.values() for _, c, _ in faces]
+    def restore(self, images: list[np.ndarray], modes: list[str], places: list | None = None) -> list[FrameResult]:
+        """Frames restored together: each prepared, one model pass for all, each finished. `places`: per frame
+        (sequence, index) of an animation, whose faces are tracked from the frame before (None: a still)."""
+        prepared = [self.prepare(img, m, p) for img, m, p in zip(images, modes, places or [None] * len(images))]
+        return [self.finish(p, out) for p, out in zip(prepared, self.run_model(prepared))]
+
+    def prepare(self, image: np.ndarray, mode: str, place: tuple | None = None) -> Prepared:
+        """The CPU work before the model: find (or track) the frame's faces and cut them. Safe to run for several
+        frames at once on worker threads, except frames of one sequence, which must come in order."""
+        if not self.uses_faces(image, mode):
+            return Prepared(image, mode)
+        return Prepared(image, mode, self._cut_faces(image, place))
+
+    def run_model(self, prepared: list[Prepared]) -> list:
+        """One model pass for a group of prepared frames: whole frames together, then every face crop together.
+        Per frame, its restored array (whole) or list of restored crops (faces)."""
+        whole = [p.image for p in prepared if p.faces is None]
+        crops = [c for p in prepared if p.faces is not None for _, c, _ in p.faces]
         t = time.perf_counter()
+        whole = iter(self.runner.restore(whole, **self._whole_reference()) if whole else [])
         restored = iter(self.runner.restore(crops, tiled=False, **self._face_reference()) if crops else [])
-        self.timings.model += time.perf_counter() - t
+        self._spent("model", time.perf_counter() - t)
+        return [next(whole) if p.faces is None else [next(restored) for _ in p.faces] for p in prepared]
+
+    def finish(self, prepared: Prepared, output) -> FrameResult:
+        """The CPU work after the model: paste a frame's restored faces back (thread-safe)."""
+        if prepared.faces is None:
+            return FrameResult(output, "whole")
         t = time.perf_counter()
-        for i, faces in found.items():
-            after = [next(restored) for _ in faces]
-            reports = [FaceReport(_box(f.frame.extent()), self.size / f.frame.side, f.score,
-                                  f.landmarks is not None) for f, _, _ in faces]
-            if modes[i] == "only-crops":
-                results[i] = FrameResult(None, "faces", reports, after)
-            else:
-                changes = [(f.frame, a - c, m) for (f, c, m), a in zip(faces, after)]
-                results[i] = FrameResult(paste_changes(images[i], changes), "faces", reports)
-        self.timings.paste += time.perf_counter() - t
-        self.timings.frames += len(images)
-        return results
+        faces = prepared.faces
+        reports = [FaceReport(_box(f.frame.extent()), self.size / f.frame.side, f.score, f.landmarks is not None)
+                   for f, _, _ in faces]
+        if prepared.mode == "only-crops":
+            result = FrameResult(None, "faces", reports, output)
+        else:
+            changes = [(f.frame, a - c, m) for (f, c, m), a in zip(faces, output)]
+            result = FrameResult(paste_changes(prepared.image, changes), "faces", reports)
+        self._spent("paste", time.perf_counter() - t, frames=1)
+        return result
+
+    def _spent(self, stage: str, seconds: float, frames: int = 0) -> None:
+        with self._timing_lock:  # stages of several frames run on worker threads at once
+            setattr(self.timings, stage, getattr(self.timings, stage) + seconds)
+            self.timings.frames += frames
 
     def _whole_reference(self) -> dict:
         """The runner's reference argument for whole and tiled frames: the whole photo (none: no argument, so a
@@ -188,22 +248,26 @@ class FramePipeline:
     def _face_reference(self) -> dict:
         return {} if self.reference is None else {"reference": self.reference_face()}
 
-    def _cut_faces(self, image: np.ndarray) -> list:
+    def _cut_faces(self, image: np.ndarray, place: tuple | None) -> list:
         t = time.perf_counter()
         rgb8 = cv2.convertScaleAbs(image, alpha=255.0)  # rounds and saturates; 10x faster than numpy here
-        faces = self.detector.detect(rgb8)
-        t2 = time.perf_counter()
-        self.timings.detect += t2 - t
-        out = []
-        for face in faces:
-            crop = face.frame.crop(image, self.size)
-            to_crop = face.frame.to_crop(self.size)
-            xy = None
-            if face.landmarks is not None:
-                xy = (face.landmarks - 0.5) @ to_crop[:, :2].T + to_crop[:, 2]
-            person = self.detector.person(face.frame.crop(rgb8, PERSON_SIZE))
-            out.append((face, crop, blend_mask(self.size, xy, person)))
-        self.timings.align += time.perf_counter() - t2
+        with self.detection() as detector:
+            if place is not None and self.tracker is not None:
+                faces = self.tracker.faces(detector, rgb8, *place)
+            else:
+                faces = detector.detect(rgb8)
+            t2 = time.perf_counter()
+            out = []
+            for face in faces:
+                crop = face.frame.crop(image, self.size)
+                to_crop = face.frame.to_crop(self.size)
+                xy = None
+                if face.landmarks is not None:
+                    xy = (face.landmarks - 0.5) @ to_crop[:, :2].T + to_crop[:, 2]
+                person = detector.person(face.frame.crop(rgb8, PERSON_SIZE))
+                out.append((face, crop, blend_mask(self.size, xy, person)))
+        self._spent("detect", t2 - t)
+        self._spent("align", time.perf_counter() - t2)
         return out
 
 

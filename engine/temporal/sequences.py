@@ -1,6 +1,7 @@
 """Which frames form a sequence, and each sequence's fusion state while its frames arrive one at a time."""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -16,22 +17,26 @@ from .fusion import FusionConfig, TemporalFusion
 class Sequences:
     """Fusion per sequence id. A frame must be the one after the last fused in its sequence, else its sequence
     starts again from it: after a gap or out of order, the previous frame is not the picture before this one.
-    Only the `keep` most recently used sequences are remembered (each holds a frame and its change)."""
+    Only the `keep` most recently used sequences are remembered (each holds a frame and its change). Frames of
+    different sequences may be fused at once on different threads; one sequence's come one at a time."""
 
     def __init__(self, config: FusionConfig | None = None, keep: int = 4):
         self.config, self.keep = config, keep
         self.memory = (config or FusionConfig()).memory  # frames a shard pre-rolls (see preroll)
         self._states: OrderedDict = OrderedDict()  # id -> (TemporalFusion, index of its last frame)
+        self._lock = threading.Lock()
 
     def fuse(self, sequence, index: int, image: np.ndarray, restored: np.ndarray) -> np.ndarray:
         """Frame `index` of `sequence`; see TemporalFusion.fuse (writes into `restored`)."""
-        fusion, last = self._states.pop(sequence, (None, None))
+        with self._lock:
+            fusion, last = self._states.pop(sequence, (None, None))
         if fusion is None or last is None or index != last + 1:
             fusion = TemporalFusion(self.config)
         out = fusion.fuse(image, restored)
-        self._states[sequence] = fusion, index
-        while len(self._states) > self.keep:
-            self._states.popitem(last=False)
+        with self._lock:
+            self._states[sequence] = fusion, index
+            while len(self._states) > self.keep:
+                self._states.popitem(last=False)
         return out
 
 
