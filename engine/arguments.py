@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-pipeline", help="end-to-end frames/s of a folder of frames against each stage's own "
                                                "rate: how close the pipelined frame path gets to its slowest stage")
-    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help=WEIGHTS_HELP)
+    src.add_argument("--random-weights", action="store_true", help="SD-Turbo-size random weights (no download)")
     p.add_argument("--base", default=None)
     _add_license_arg(p)
     p.add_argument("--device", default="auto")

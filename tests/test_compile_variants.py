@@ -141,7 +141,20 @@ def test_an_eager_dry_run_writes_the_json_and_the_table(tiny_base, tmp_path, cap
     assert [v["variant"] for v in r["variants"]] == ["baseline", "fused_qkv"]
     for v in r["variants"]:
         assert v["ms_per_frame"] > 0 and v["equal"] and v["max_diff"] < 1e-5 and v["compile_s"] is None
+    assert [v["fused_attentions"] for v in r["variants"]] == [0, 8]  # the fused variant ran fused
     vae = next(a for a in r["attention"] if a["component"] == "vae")
     assert vae["picked"] == "flash" and vae["q"] == [2, 1, 64, 32] and len(vae["modules"]) == 2
     assert vae["backends"]["math"]["ms"] > 0 and "why" in vae["backends"]["efficient"]  # no CPU kernel
     assert "fused_qkv" in printed.err and "picked" in printed.err  # the table, beside the JSON
+
+
+def test_variants_past_the_time_budget_are_skipped_and_named(tiny_base, tmp_path, capsys):
+    from engine.benches.compile_variants import main
+
+    out = tmp_path / "variants.json"
+    assert main(["--base", str(tiny_base), "--device", "cpu", "--size", "64", "--repeats", "1", "--compile", "off",
+                 "--variants", "baseline,all", "--budget-s", "0", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())  # building the model already spent the budget: nothing is timed
+    assert [v["variant"] for v in r["variants"]] == ["baseline", "all"]
+    assert all(v["skipped"].startswith("budget") and "ms_per_frame" not in v for v in r["variants"])
+    assert "all        skipped, budget" in capsys.readouterr().out

@@ -130,20 +130,34 @@ def tracking(pipeline, paths: list[Path], out: Path, faces: int, temporal: bool,
     return report
 
 
+def _runner(a):
+    """The run's ModelRunner: the weights given, or SD-Turbo-size random weights (a GPU machine without the hub)."""
+    from ..runtime import ModelRunner
+
+    options = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "compile": a.compile}
+    if a.weights:
+        return ModelRunner.from_pretrained(a.weights, a.base, a.accept_license, **options)
+    from ..runtime import pick_device
+    from .speed import build_models, merged
+
+    model, _ = build_models(None, a.base, "sd-turbo", pick_device(a.device))
+    return ModelRunner(merged(model), **options)
+
+
 def run(a, width: int, height: int) -> dict:
     from ..faces.restore import FramePipeline
     from ..pipeline.run import default_workers
-    from ..runtime import ModelRunner
 
     workers = default_workers() if a.workers is None else a.workers
-    runner = ModelRunner.from_pretrained(a.weights, a.base, a.accept_license, device=a.device, dtype=a.dtype,
-                                         batch_size=a.batch_size, compile=a.compile)
+    runner = _runner(a)
+    runner.forward.wait()  # compiled before anything is timed (frames are served eagerly until then)
     with tempfile.TemporaryDirectory() as tmp, \
             closing(FramePipeline(runner, a.min_face, detect_every=a.detect_every)) as pipeline:
         tmp = Path(tmp)
         paths = _frames_folder(tmp / "in", width, height, a.frames, a.faces)
         _end_to_end(pipeline, paths[:2 * a.batch_size], tmp / "warm", a.faces, a.temporal, workers)  # graphs, caches
         _end_to_end(pipeline, paths[:2], tmp / "warm", a.faces, a.temporal, 0)  # the main thread's detector too
+        runner.forward.wait()  # shapes first seen in the warm-up
         pipelined = _end_to_end(pipeline, paths, tmp / "pipelined", a.faces, a.temporal, workers)
         serial = _end_to_end(pipeline, paths, tmp / "serial", a.faces, a.temporal, 0)
         (tmp / "stages").mkdir()
@@ -151,7 +165,7 @@ def run(a, width: int, height: int) -> dict:
         slowest = min(rates, key=rates.get)
         report = {"size": [width, height], "frames": a.frames, "faces": a.faces, "temporal": a.temporal,
                   "workers": workers, "batch_size": a.batch_size, "device": str(runner.device),
-                  "model": str(a.weights), "end_to_end_fps": pipelined, "serial_fps": serial,
+                  "model": str(a.weights or "random weights, SD-Turbo size"), "end_to_end_fps": pipelined, "serial_fps": serial,
                   "speedup": pipelined / serial, "stages": rates, "slowest": slowest,
                   "efficiency": pipelined / rates[slowest],
                   "shared_bound_fps": 1 / sum(1 / r for r in rates.values())}
