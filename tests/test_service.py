@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -521,3 +522,46 @@ def test_unusable_paths_and_lines_cost_only_their_requests_and_shutdown_exits_0(
         if engine.p.poll() is None:
             engine.p.kill()
     assert read_image(tmp_path / "good1.png").size == read_image(tmp_path / "good2.png").size == (48, 40)
+
+
+# pipelined (issue 26) -------------------------------------------------------------------------------------------
+class SlowPassthrough(Passthrough):
+    batch_size = 2
+
+    def run_model(self, images):
+        time.sleep(0.05)
+        return super().run_model(images)
+
+
+def test_a_pipelined_service_answers_each_request_after_all_its_frames_and_a_cancel_after_those_in_flight(tmp_path):
+    """Workers read and write while the model runs; a request's answer comes after every progress line of it, and
+    a request cancelled with frames in flight is answered once they are back, never before."""
+    from engine.service import Service
+
+    src = [_image(tmp_path / f"in{k}.png", seed=k) for k in range(12)]
+    out = io.BytesIO()
+    service = Service(SlowPassthrough(), out, workers=3)
+    items = lambda name: [{"input": str(p), "output": str(tmp_path / name / p.name)} for p in src]  # noqa: E731
+    for request_id in ("a", "b"):
+        service.handle_line(json.dumps({"id": request_id, "op": "restore", "items": items(request_id)}).encode())
+    worker = threading.Thread(target=service.work_loop)
+    worker.start()
+    while not any(json.loads(line).get("id") == "b" for line in out.getvalue().splitlines()):
+        time.sleep(0.01)
+    service.handle_line(b'{"id": "c", "op": "cancel", "target": "b"}')
+    with service.cond:
+        service.closing = True
+        service.cond.notify_all()
+    worker.join(30)
+    assert not worker.is_alive()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    for request_id in ("a", "b"):
+        mine = [x for x in lines if x.get("id") == request_id]
+        final = [k for k, x in enumerate(mine) if "ok" in x]
+        assert final == [len(mine) - 1], f"{request_id}: one answer, after all its progress"
+    a = [x for x in lines if x.get("id") == "a" and "ok" in x][0]
+    assert a["ok"] and a["result"]["restored"] == 12
+    b = [x for x in lines if x.get("id") == "b" and "ok" in x][0]
+    assert b["error"]["code"] == "cancelled" and 0 < b["result"]["restored"] < 12
+    assert b["result"]["restored"] + b["result"]["cancelled"] == 12
+    assert len(list((tmp_path / "b").iterdir())) == b["result"]["restored"]  # written = reported restored

@@ -61,39 +61,42 @@ def _end_to_end(pipeline, paths, out: Path, faces: int, temporal: bool, workers:
     return len(paths) / took
 
 
-def _timed(fn, items, pool=None) -> tuple[float, list]:
-    """(frames per second, results) of fn over items, on the pool (in any order) or in order on this thread."""
+def _rate(fn, items, pool=None) -> float:
+    """Frames per second of fn over items, on the pool (in any order) or in order on this thread. Results are dropped
+    as they come, as the pipeline drops a frame once written: holding all of them would time the allocator."""
     started = time.perf_counter()
-    results = list(pool.map(fn, items)) if pool else [fn(x) for x in items]
-    return len(items) / (time.perf_counter() - started), results
+    for _ in pool.map(fn, items) if pool else map(fn, items):
+        pass
+    return len(items) / (time.perf_counter() - started)
 
 
 def stage_rates(pipeline, paths: list[Path], out: Path, faces: int, temporal: bool, workers: int) -> dict:
-    """Each stage alone over the frames, as the pipelined path runs it (see the module's docstring)."""
+    """Each stage alone over the frames, as the pipelined path runs it (see the module's docstring). A stage's inputs
+    are made beforehand, untimed."""
     from ..images import read_image, write_image
     from ..temporal.sequences import Sequences
 
     mode = "auto" if faces else "off"
     rates = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        rates["decode"], frames = _timed(read_image, paths, pool)
+        rates["decode"] = _rate(read_image, paths, pool)
+        frames = list(pool.map(read_image, paths))
+        prepared = []
         sequence = f"stages-{time.perf_counter()}"  # tracked afresh from its first frame
-        rates["faces"], prepared = _timed(lambda k: pipeline.prepare(frames[k].rgb, mode, (sequence, k)),
-                                          range(len(frames)))
+        rates["faces"] = _rate(lambda k: prepared.append(pipeline.prepare(frames[k].rgb, mode, (sequence, k))),
+                               range(len(frames)))
         batch = pipeline.batch_size
         groups = [prepared[k:k + batch] for k in range(0, len(prepared), batch)]
-        started = time.perf_counter()
-        outputs = [o for group in groups for o in pipeline.run_model(group)]
-        rates["model"] = len(prepared) / (time.perf_counter() - started)
-        rates["paste"], results = _timed(lambda k: pipeline.finish(prepared[k], outputs[k]), range(len(frames)),
-                                         pool)
-        restored = [r.rgb for r in results]
+        outputs = []
+        rates["model"] = _rate(lambda group: outputs.extend(pipeline.run_model(group)), groups) * len(prepared) \
+            / len(groups)
+        rates["paste"] = _rate(lambda k: pipeline.finish(prepared[k], outputs[k]) and None, range(len(frames)), pool)
+        restored = [r.rgb for r in pool.map(pipeline.finish, prepared, outputs)]
         if temporal:
             fusion = Sequences()
-            rates["fuse"], restored = _timed(lambda k: fusion.fuse("stages", k, frames[k].rgb, restored[k]),
-                                             range(len(frames)))
-        rates["encode"], _ = _timed(lambda k: write_image(out / paths[k].name, frames[k], restored[k],
-                                                          pipeline.provenance), range(len(frames)), pool)
+            rates["fuse"] = _rate(lambda k: fusion.fuse("stages", k, frames[k].rgb, restored[k]), range(len(frames)))
+        rates["encode"] = _rate(lambda k: write_image(out / paths[k].name, frames[k], restored[k],
+                                                      pipeline.provenance), range(len(frames)), pool)
     return rates
 
 
