@@ -276,3 +276,22 @@ def test_grey_with_alpha_stays_grey_with_alpha(tmp_path, suffix, depth):
     else:
         with Image.open(out) as im:
             assert im.mode == "LA" and np.array_equal(np.asarray(im), la)
+
+
+def test_8_bit_conversions_give_numpys_values_exactly():
+    """Decode and encode convert with OpenCV for speed: the values must be numpy's rint-clip and x / 255, including
+    every half level (rounded half to even) and values outside [0, 1]."""
+    from engine.images import _quantize_bgr, _to_float_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = rng.random((300, 300, 3), dtype=np.float32) * 1.4 - 0.2
+    steps = (np.arange(256 * 16) / 16 / 255).astype(np.float32)
+    rgb.reshape(-1)[:steps.size] = steps
+    expected = np.clip(np.rint(rgb[..., ::-1] * 255.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(_quantize_bgr(rgb), expected)
+    bgr = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    assert np.array_equal(_to_float_rgb(bgr, False, 255.0), bgr[..., ::-1].astype(np.float32) / 255.0)
+    deep = rng.integers(0, 65536, (50, 60, 4), dtype=np.uint16)
+    assert np.array_equal(_to_float_rgb(deep, False, 65535.0), deep[..., 2::-1].astype(np.float32) / 65535.0)
+    grey = rng.integers(0, 256, (50, 60, 1), dtype=np.uint8)
+    assert np.array_equal(_to_float_rgb(grey, True, 255.0), np.repeat(grey, 3, 2).astype(np.float32) / 255.0)
