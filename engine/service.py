@@ -46,7 +46,7 @@ class RestoreJob:
 
 
 class Service:
-    """`pipeline`: a faces.restore.FramePipeline (restore(images, modes), batch_size, describe())."""
+    """`pipeline`: a faces.restore.FramePipeline (prepare, run_model, finish, batch_size, describe())."""
 
     def __init__(self, pipeline, out, model_info: dict | None = None, workers: int = 0):
         self.pipeline, self.out, self.workers = pipeline, out, workers

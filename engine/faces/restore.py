@@ -78,9 +78,9 @@ class FramePipeline:
     Its three steps, `prepare` (faces found and cut), `run_model` and `finish` (pasted back), are what the pipelined
     frame path (engine/pipeline) runs on worker threads and the model's thread; `restore` runs them one after
     another. Threads preparing frames at once detect with face detectors of their own (mediapipe's graphs are not
-    thread-safe); a detector given here is shared, one thread at a time. `detect_every`: animation frames (given a place) have
-    their faces tracked from the frame before and detected afresh every that many frames (faces.track); 1 detects
-    every frame."""
+    thread-safe); a detector given here is shared, one thread at a time. `detect_every`: animation frames (given a
+    place) have their faces tracked from the frame before and detected afresh every that many frames (faces.track);
+    1 detects every frame."""
 
     def __init__(self, runner, min_face: int = 72, detector=None, detect_every: int = DETECT_EVERY):
         from .track import FaceTracker
