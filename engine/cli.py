@@ -101,7 +101,8 @@ def cmd_restore(a) -> int:
     per = took / counts["restored"] if counts["restored"] else 0.0
     found = f", {faces} faces ({no_face} frames without one)" if faces or no_face else ""
     print(f"restored {counts['restored']}, skipped {counts['skipped']}, failed {counts['failed']}{found} -> {outdir} "
-          f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device})")
+          f"({took:.1f} s, {per * 1000:.0f} ms/frame, model load {loaded - started:.1f} s on {restorer.device}, "
+          f"{workers} workers)")
     return 1 if counts["failed"] else 0
 
 
