@@ -509,8 +509,8 @@ MUTANTS: list[Mutant] = [
            ("tests/test_reference_training.py::test_trained_with_references_the_right_reference_restores_better_than_"
             "a_wrong_one",)),
     Mutant("pipelined: a frame's faces tracked before the frame before it was",
-           "engine/pipeline/run.py",
-           "            wait([before])\n",
+           "engine/pipeline/steps.py",
+           "            self.before.tracked.wait()\n",
            "            pass\n",
            ("tests/test_pipeline.py::test_pipelined_frames_are_byte_identical_to_serial_ones_with_tracking_and_fusion",
             "tests/test_pipeline.py::test_frames_of_several_sequences_tracked_and_fused_at_once_match_serial")),

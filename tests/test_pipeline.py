@@ -91,7 +91,7 @@ class Recorder:
         self.slow_model, self.slow_finish, self.fail_at = slow_model, slow_finish or {}, fail_at or {}
         self.tracker = None
 
-    def prepare(self, image, mode, place=None):
+    def prepare(self, image, mode, place=None, in_order=None):
         with self.lock:
             self.alive += 1
             self.most = max(self.most, self.alive)

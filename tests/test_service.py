@@ -367,7 +367,7 @@ class Passthrough:
     def __init__(self):
         self.frames = 0
 
-    def prepare(self, image, mode, place=None):
+    def prepare(self, image, mode, place=None, in_order=None):
         return image
 
     def run_model(self, images):

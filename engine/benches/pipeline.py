@@ -2,8 +2,8 @@
 
 A folder of PNG frames (bundled faces drifting and zooming by sub-pixel steps, engine/benches/moving.py) is restored
 end to end, pipelined and serially, in one process with one model. Then each stage runs alone over the same frames,
-the way the pipeline runs it: decode, paste and encode on the worker pool, faces on the pool but in order within the
-sequence (tracking), the model on the calling thread in groups of the batch size, fusion in order. Its rate alone is
+the way the pipeline runs it: decode, faces, paste and encode on the worker pool (the faces' tracking in order within
+the sequence), the model on the calling thread in groups of the batch size, fusion in order. Its rate alone is
 what that stage could sustain if everything else were free, so
 
     efficiency = end-to-end frames/s / the slowest stage's frames/s
@@ -39,11 +39,12 @@ def _frames_folder(folder: Path, width: int, height: int, frames: int, faces: in
     return paths
 
 
-def _items(paths: list[Path], out: Path, faces: int) -> list:
+def _items(paths: list[Path], out: Path, faces: int, sequence: str = "bench") -> list:
     """One animation: numbered as a sequence, so faces are tracked (and fused when fusion is on)."""
     from ..jobs import Item
 
-    return [Item(p, out / p.name, "auto" if faces else "off", sequence="bench", index=k) for k, p in enumerate(paths)]
+    return [Item(p, out / p.name, "auto" if faces else "off", sequence=sequence, index=k)
+            for k, p in enumerate(paths)]
 
 
 def _end_to_end(pipeline, paths, out: Path, faces: int, temporal: bool, workers: int) -> float:
@@ -74,17 +75,19 @@ def stage_rates(pipeline, paths: list[Path], out: Path, faces: int, temporal: bo
     """Each stage alone over the frames, as the pipelined path runs it (see the module's docstring). A stage's inputs
     are made beforehand, untimed."""
     from ..images import read_image, write_image
+    from ..pipeline import steps
+    from ..pipeline.steps import FrameState
     from ..temporal.sequences import Sequences
 
-    mode = "auto" if faces else "off"
     rates = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         rates["decode"] = _rate(read_image, paths, pool)
         frames = list(pool.map(read_image, paths))
-        prepared = []
         sequence = f"stages-{time.perf_counter()}"  # tracked afresh from its first frame
-        rates["faces"] = _rate(lambda k: prepared.append(pipeline.prepare(frames[k].rgb, mode, (sequence, k))),
-                               range(len(frames)))
+        states = [FrameState(item, frames[k]) for k, item in enumerate(_items(paths, out, faces, sequence))]
+        rates["faces"] = _rate(lambda k: steps.prepare(pipeline, states[k], states[k - 1] if k else None),
+                               range(len(states)), pool)  # tracking in order, the rest on the pool
+        prepared = [s.prepared for s in states]
         batch = pipeline.batch_size
         groups = [prepared[k:k + batch] for k in range(0, len(prepared), batch)]
         outputs = []

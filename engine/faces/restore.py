@@ -201,12 +201,14 @@ class FramePipeline:
         prepared = [self.prepare(img, m, p) for img, m, p in zip(images, modes, places or [None] * len(images))]
         return [self.finish(p, out) for p, out in zip(prepared, self.run_model(prepared))]
 
-    def prepare(self, image: np.ndarray, mode: str, place: tuple | None = None) -> Prepared:
+    def prepare(self, image: np.ndarray, mode: str, place: tuple | None = None,
+                in_order=contextlib.nullcontext()) -> Prepared:
         """The CPU work before the model: find (or track) the frame's faces and cut them. Safe to run for several
-        frames at once on worker threads, except frames of one sequence, which must come in order."""
+        frames at once on worker threads. Tracking a sequence's faces must see its frames in order: it runs inside
+        `in_order`, a context the caller makes wait for the frame before (the rest runs in any order)."""
         if not self.uses_faces(image, mode):
             return Prepared(image, mode)
-        return Prepared(image, mode, self._cut_faces(image, place))
+        return Prepared(image, mode, self._cut_faces(image, place, in_order))
 
     def run_model(self, prepared: list[Prepared]) -> list:
         """One model pass for a group of prepared frames: whole frames together, then every face crop together.
@@ -248,12 +250,13 @@ class FramePipeline:
     def _face_reference(self) -> dict:
         return {} if self.reference is None else {"reference": self.reference_face()}
 
-    def _cut_faces(self, image: np.ndarray, place: tuple | None) -> list:
+    def _cut_faces(self, image: np.ndarray, place: tuple | None, in_order) -> list:
         t = time.perf_counter()
         rgb8 = cv2.convertScaleAbs(image, alpha=255.0)  # rounds and saturates; 10x faster than numpy here
         with self.detection() as detector:
             if place is not None and self.tracker is not None:
-                faces = self.tracker.faces(detector, rgb8, *place)
+                with in_order:
+                    faces = self.tracker.faces(detector, rgb8, *place)
             else:
                 faces = detector.detect(rgb8)
             t2 = time.perf_counter()

@@ -67,7 +67,7 @@ class FramePath:
         self.pipeline, self.temporal, self.workers = pipeline, temporal, int(workers)
         batch = pipeline.batch_size
         self.limit = batch if not workers else 2 * batch + workers  # frames in flight
-        self._prepared: dict = {}  # sequence -> its last frame's prepare, which the next one's waits for
+        self._tracking: dict = {}  # sequence -> its last frame's state, whose face tracking the next one's waits for
         self._finishing: dict = {}  # sequence -> its last frame's state, whose fusion the next one's waits for
 
     def run(self, next_group: Callable[[bool], Group | None | object]) -> None:
@@ -101,18 +101,16 @@ class FramePath:
     def _start(self, pool, item: Item) -> tuple[FrameState, Future]:
         state = FrameState(item)
         sequence = item.sequence if getattr(self.pipeline, "tracker", None) is not None else None
-        before = self._prepared.get(sequence) if sequence is not None else None
+        before = self._tracking.get(sequence) if sequence is not None else None
         future = pool.submit(self._read_and_prepare, state, before)
         if sequence is not None:
-            self._prepared[sequence] = future
-            self._forget(self._prepared)
+            self._tracking[sequence] = state
+            self._forget(self._tracking)
         return state, future
 
-    def _read_and_prepare(self, state: FrameState, before: Future | None) -> None:
+    def _read_and_prepare(self, state: FrameState, before: FrameState | None) -> None:
         steps.read(state)
-        if before is not None:  # faces are tracked from the frame before: its prepare first (submitted earlier)
-            wait([before])
-        steps.prepare(self.pipeline, state)
+        steps.prepare(self.pipeline, state, before)  # its tracking waits for before's (submitted earlier)
 
     def _through_model(self, pool, group: Group, started: list) -> list:
         wait([f for _, f in started])

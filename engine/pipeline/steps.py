@@ -22,6 +22,7 @@ class FrameState:
     prepared: object = None  # faces.restore.Prepared
     output: object = None  # what the model made for it
     outcome: Outcome | None = None
+    tracked: threading.Event = field(default_factory=threading.Event)  # its sequence's next frame may track faces
     fused: threading.Event = field(default_factory=threading.Event)  # its sequence's next frame may fuse
 
     @property
@@ -51,13 +52,32 @@ def read(state: FrameState) -> None:
         state.fail(f"{item.input}: cannot read: {describe(e)}", BAD_INPUT)
 
 
-def prepare(pipeline, state: FrameState) -> None:
-    if state.outcome is not None:
-        return
+class InOrder:
+    """The context a frame's face tracking runs in: after the frame before it in its sequence (`before`), then
+    letting the next one go."""
+
+    def __init__(self, state: FrameState, before: FrameState | None):
+        self.state, self.before = state, before
+
+    def __enter__(self):
+        if self.before is not None:
+            self.before.tracked.wait()
+
+    def __exit__(self, *exc):
+        self.state.tracked.set()
+
+
+def prepare(pipeline, state: FrameState, before: FrameState | None = None) -> None:
+    """Find and cut the frame's faces, tracking them after `before` (the sequence's frame before, whose tracking
+    this waits for). Sets state.tracked however it ends, so the sequence's next frame never waits forever."""
     try:
-        state.prepared = pipeline.prepare(state.frame.rgb, state.item.faces, state.place)
+        if state.outcome is None:
+            state.prepared = pipeline.prepare(state.frame.rgb, state.item.faces, state.place,
+                                              in_order=InOrder(state, before))
     except Exception as e:  # noqa: BLE001 - e.g. a detector fault on this frame
         restorer_failed(state, e)
+    finally:
+        state.tracked.set()
 
 
 def restorer_failed(state: FrameState, e: BaseException) -> None:
