@@ -223,9 +223,10 @@ class FramePipeline:
 
     def finish(self, prepared: Prepared, output) -> FrameResult:
         """The CPU work after the model: paste a frame's restored faces back (thread-safe)."""
-        if prepared.faces is None:
-            return FrameResult(output, "whole")
         t = time.perf_counter()
+        if prepared.faces is None:
+            self._spent("paste", 0.0, frames=1)
+            return FrameResult(output, "whole")
         faces = prepared.faces
         reports = [FaceReport(_box(f.frame.extent()), self.size / f.frame.side, f.score, f.landmarks is not None)
                    for f, _, _ in faces]
