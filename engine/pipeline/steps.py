@@ -119,7 +119,7 @@ def finish(pipeline, temporal, state: FrameState, before: FrameState | None) -> 
             _fuse_and_write(pipeline, temporal, state, result)
     finally:
         state.fused.set()
-        state.prepared = state.output = None  # a finished frame holds only its outcome, not its arrays
+        state.frame = state.prepared = state.output = None  # a finished frame holds only its outcome, not its arrays
 
 
 def _fuse_and_write(pipeline, temporal, state: FrameState, result) -> None:
@@ -145,8 +145,6 @@ def _fuse_and_write(pipeline, temporal, state: FrameState, result) -> None:
         state.fail(f"{item.output}: cannot write: {e.strerror or e}", BAD_OUTPUT)
     except Exception as e:  # noqa: BLE001 - e.g. an encoder's cv2.error: this output fails, the rest go on
         state.fail(f"{item.output}: cannot write: {describe(e)}", BAD_OUTPUT)
-    finally:
-        state.frame = None
 
 
 def _write_crops(item: Item, frame: Frame, crops: list, text: dict) -> list[Path]:
