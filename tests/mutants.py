@@ -547,6 +547,16 @@ MUTANTS: list[Mutant] = [
            "    return cv2.addWeighted(bgr, 255.0, bgr, 0.0, 0.0, dtype=cv2.CV_8U)",
            "    return np.clip(bgr * 255.0, 0, 255).astype(np.uint8)",
            ("tests/test_images.py::test_8_bit_conversions_give_numpys_values_exactly",)),
+    Mutant("restore's timings leave out whole frames (ms per frame overstated)",
+           "engine/faces/restore.py",
+           "            self._spent(\"paste\", 0.0, frames=1)\n",
+           "            pass\n",
+           ("tests/test_pipeline.py::test_timings_count_every_finished_frame_whole_or_faces",)),
+    Mutant("bench-pipeline measures both tracking runs' flicker on the same outputs",
+           "engine/benches/pipeline.py",
+           "    flicker = measure_many({name: frames(out / name) for name in report},",
+           "    flicker = measure_many({name: (read_image(out / name / p.name).rgb for p in paths) for name in report},",
+           ("tests/test_pipeline.py::test_bench_pipeline_reports_efficiency_end_to_end_rate_and_each_stage",)),
 ]
 
 

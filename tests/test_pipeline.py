@@ -187,3 +187,11 @@ def test_bench_pipeline_reports_efficiency_end_to_end_rate_and_each_stage(tiny_w
     t = r["tracking"]
     assert t["tracked"]["detections"] < t["detect_every_frame"]["detections"] == 6
     assert t["tracked"]["jitter"]["centre_px"] >= 0 and t["tracked"]["flicker"] > 0
+    assert t["tracked"]["flicker"] != t["detect_every_frame"]["flicker"]  # each measured on its own outputs
+
+
+def test_timings_count_every_finished_frame_whole_or_faces(runner):
+    pipeline = FramePipeline(runner, min_face=32)
+    small = np.full((48, 48, 3), 0.5, np.float32)  # no larger than the model: restored whole, no detector needed
+    pipeline.restore([small, small], ["auto", "off"])
+    assert pipeline.timings.frames == 2 and pipeline.timings.model > 0
