@@ -133,13 +133,13 @@ MUTANTS: list[Mutant] = [
            ("tests/test_difix.py::test_environment_accepts_for_farms",)),
     Mutant("the shipped example's restore never pastes the changes back",
            "engine/faces/restore.py",
-           "                results[i] = FrameResult(paste_changes(images[i], changes), \"faces\", reports)",
-           "                results[i] = FrameResult(images[i], \"faces\", reports)",
+           "            result = FrameResult(paste_changes(prepared.image, changes), \"faces\", reports)",
+           "            result = FrameResult(prepared.image, \"faces\", reports)",
            ("tests/test_difix.py::test_the_shipped_example_restores_with_difix_weights",)),
     Mutant("bench-faces never times the paste",
            "engine/faces/restore.py",
-           "        self.timings.paste += time.perf_counter() - t\n",
-           "        self.timings.paste += 0.0\n",
+           "        self._spent(\"paste\", time.perf_counter() - t, frames=1)\n",
+           "        self._spent(\"paste\", 0.0, frames=1)\n",
            ("tests/test_faces.py::test_bench_faces_prints_the_stage_split",)),
     # issue 22's fixes
     Mutant("a NUL byte in a path is not refused where it is received",
@@ -307,8 +307,8 @@ MUTANTS: list[Mutant] = [
            ("tests/blender/test_addon.py::test_the_frame_after_one_that_cannot_be_found_is_restored_alone",)),
     Mutant("Restore Folder resends every render to an engine restarted after a crash",
            "blender_addon/engine_job.py",
-           "        return client.restore(self.undecided(), **self.options)\n",
-           "        return client.restore(self.items, **self.options)\n",
+           "        return client.restore(self.undecided(), **self.options, **request_options(self.reference, client))\n",
+           "        return client.restore(self.items, **self.options, **request_options(self.reference, client))\n",
            ("tests/blender/test_hardening.py::"
             "test_restore_folder_sends_a_restarted_engine_only_the_renders_not_yet_restored",
             "tests/blender/test_hardening.py::"
